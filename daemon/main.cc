@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: Apache-2.0
+// cryod: the privileged daemon of cryo. main() reads like its lifecycle:
+// configuration, state, the supervisor, the control socket, wait for a
+// signal, stop. Jobs live on without cryod; a new cryod adopts them.
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "cryo/config.h"
+#include "cryo/file_util.h"
+#include "cryo/log.h"
+#include "server.h"
+#include "supervisor.h"
+
+#ifndef CRYO_DEFAULT_CRIU
+#define CRYO_DEFAULT_CRIU "/opt/cryo/criu/sbin/criu"
+#endif
+#ifndef CRYO_LIBEXEC_FROM_BIN
+#define CRYO_LIBEXEC_FROM_BIN "../libexec/cryo"
+#endif
+
+namespace cryo {
+namespace {
+
+struct Flags {
+  std::string config;
+  std::string state_dir, socket, store, log_level;
+  int ready_fd = -1;
+};
+
+Result<DaemonConfig> Configure(const Flags& flags) {
+  DaemonConfig config;
+  std::string path = flags.config.empty() ? kDefaultConfigPath : flags.config;
+  if (!flags.config.empty() || std::filesystem::exists(path)) {
+    auto loaded = LoadDaemonConfig(path, config);
+    if (!loaded) return loaded;
+    config = *loaded;
+  }
+  if (!flags.state_dir.empty()) config.state_dir = flags.state_dir;
+  if (!flags.socket.empty()) config.socket_path = flags.socket;
+  if (!flags.store.empty()) config.store_url = flags.store;
+  if (!flags.log_level.empty()) config.log_level = flags.log_level;
+  if (config.criu_path.empty()) config.criu_path = CRYO_DEFAULT_CRIU;
+  for (const auto* p : {&config.state_dir, &config.socket_path}) {
+    if (p->empty() || (*p)[0] != '/') return Fail(ErrorKind::kInvalidArgument, "'" + *p + "' is not an absolute path");
+  }
+  return ParseDaemonConfig("", config);  // validates the result once more
+}
+
+// cryod's helpers run as root: take them only from next to cryod itself, and
+// only if nobody but root can have changed them.
+Result<std::string> FindHelper(std::string_view name) {
+  std::error_code ec;
+  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return SysFail("read /proc/self/exe", ec.value());
+  std::string path = (exe.parent_path() / CRYO_LIBEXEC_FROM_BIN / name).lexically_normal().string();
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return SysFail("find helper " + path);
+  if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+    return Fail(ErrorKind::kPermissionDenied, path + " must be owned by root and writable only by root");
+  }
+  return path;
+}
+
+Status PrepareStore(const std::string& url) {
+  constexpr std::string_view kFile = "file://";
+  if (!url.starts_with(kFile) || url.size() <= kFile.size() || url[kFile.size()] != '/') {
+    return Fail(ErrorKind::kInvalidArgument,
+                "unsupported store '" + url + "' (this build knows file:///absolute/path)");
+  }
+  return MakeDirs(url.substr(kFile.size()), 0700);
+}
+
+int RealMain(int argc, char** argv) {
+  CLI::App app{"cryod: the cryo daemon (runs as root)"};
+  Flags flags;
+  app.add_option("--config", flags.config, std::string("configuration file (default ") + kDefaultConfigPath + ")");
+  app.add_option("--state-dir", flags.state_dir, "state directory (default /var/lib/cryo)");
+  app.add_option("--socket", flags.socket, "control socket (default /run/cryo/cryod.sock)");
+  app.add_option("--store", flags.store, "checkpoint store URL (default file://STATE_DIR/store)");
+  app.add_option("--log-level", flags.log_level, "debug, info, warn or error");
+  app.add_option("--ready-fd", flags.ready_fd, "write 'ready' to this fd once serving (for supervisors and tests)");
+  CLI11_PARSE(app, argc, argv);
+
+  if (::geteuid() != 0) {
+    std::cerr << "cryod: must run as root (it starts jobs as their owners and drives CRIU)\n";
+    return 1;
+  }
+  auto config = Configure(flags);
+  if (!config) {
+    std::cerr << "cryod: configuration: " << config.error().ToString() << "\n";
+    return 1;
+  }
+  SetLogLevel(config->log_level);
+  ::umask(077);
+  if (auto s = MakeDirs(config->state_dir, 0700); !s) {
+    LogError("cannot create the state directory", {{"error", s.error().ToString()}});
+    return 1;
+  }
+  ::chmod(config->state_dir.c_str(), 0700);
+  if (auto s = PrepareStore(config->EffectiveStoreUrl()); !s) {
+    LogError("cannot use the store", {{"error", s.error().ToString()}});
+    return 1;
+  }
+  if (::access(config->criu_path.c_str(), X_OK) != 0) {
+    LogWarn("CRIU not found; checkpoints will fail (run tools/setup.sh)", {{"criu", config->criu_path}});
+  }
+  auto monitor = FindHelper("cryo-monitor");
+  auto init = FindHelper("cryo-init");
+  if (!monitor || !init) {
+    LogError("cannot use cryod's helpers", {{"error", (monitor ? init.error() : monitor.error()).ToString()}});
+    return 1;
+  }
+
+  // Orphans of jobs come to cryod, which reaps them; SIGCHLD is read through
+  // a signalfd and the stop signals through sigwait, in every thread.
+  ::prctl(PR_SET_CHILD_SUBREAPER, 1);
+  ::signal(SIGPIPE, SIG_IGN);
+  sigset_t stop;
+  sigemptyset(&stop);
+  for (int sig : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&stop, sig);
+  ::pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+
+  auto supervisor = Supervisor::Create(config->state_dir, *monitor);
+  if (!supervisor) {
+    LogError("cannot load the job table", {{"error", supervisor.error().ToString()}});
+    return 1;
+  }
+  auto server = ControlServer::Listen(config->socket_path, **supervisor);
+  if (!server) {
+    LogError("cannot listen", {{"error", server.error().ToString()}});
+    return 1;
+  }
+  std::thread serving([&] { (*server)->Serve(); });
+  LogInfo("cryod ready", {{"socket", config->socket_path}, {"state_dir", config->state_dir},
+                          {"store", config->EffectiveStoreUrl()}, {"criu", config->criu_path}});
+  if (flags.ready_fd >= 0) {
+    (void)WriteAll(flags.ready_fd, "ready\n");
+    ::close(flags.ready_fd);
+  }
+
+  int sig = 0;
+  sigwait(&stop, &sig);
+  LogInfo("cryod stopping; jobs keep running", {{"signal", std::to_string(sig)}});
+  (*server)->Stop();
+  serving.join();
+  // Client threads may still be streaming: end the process without running
+  // destructors under them. Job state is on disk; monitors carry on.
+  std::_Exit(0);
+}
+
+}  // namespace
+}  // namespace cryo
+
+int main(int argc, char** argv) { return cryo::RealMain(argc, argv); }

@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "server.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "cryo/file_util.h"
+#include "cryo/log.h"
+#include "cryo/protocol.h"
+#include "output_stream.h"
+
+namespace cryo {
+namespace {
+
+// A request must arrive promptly; a client that stops reading our answers
+// is dropped rather than allowed to pin a thread forever.
+constexpr int kRequestTimeoutSeconds = 30;
+constexpr int kSendTimeoutSeconds = 60;
+
+struct Session {
+  int fd;
+  Caller caller;
+  Supervisor& supervisor;
+
+  void Send(const proto::Response& r) const {
+    if (auto s = WriteFrame(fd, r); !s) LogDebug("client write failed", {{"error", s.error().ToString()}});
+  }
+  void SendError(const Error& e) const { Send(ErrorResponse(e)); }
+};
+
+proto::JobState StateToProto(JobState s) {
+  switch (s) {
+    case JobState::kStarting:
+      return proto::JOB_STATE_STARTING;
+    case JobState::kRunning:
+      return proto::JOB_STATE_RUNNING;
+    case JobState::kExited:
+      return proto::JOB_STATE_EXITED;
+    case JobState::kLost:
+      return proto::JOB_STATE_LOST;
+  }
+  return proto::JOB_STATE_UNSPECIFIED;
+}
+
+void ToProto(const JobRecord& job, proto::JobInfo* out) {
+  out->set_name(job.name);
+  out->set_id(job.id);
+  out->set_state(StateToProto(job.state));
+  out->set_pid(job.pid);
+  out->set_uid(job.uid);
+  out->set_gid(job.gid);
+  out->set_created_unix_ms(job.created_unix_ms);
+  out->set_ended_unix_ms(job.ended_unix_ms);
+  for (const auto& a : job.argv) out->add_argv(a);
+  out->set_has_exit_code(job.exit_code.has_value());
+  out->set_exit_code(job.exit_code.value_or(0));
+  out->set_cwd(job.cwd);
+}
+
+proto::Response JobResponse(const JobRecord& job) {
+  proto::Response r;
+  ToProto(job, r.mutable_job());
+  return r;
+}
+
+// Streams output and, when the job has ended, the `exited` frame.
+void FollowToEnd(const Session& s, const JobRecord& job) {
+  auto ended = StreamOutput(s.supervisor, job, s.fd, /*follow=*/true);
+  if (!ended) {
+    if (ended.error().kind() != ErrorKind::kUnavailable) s.SendError(ended.error());
+    return;
+  }
+  proto::Response r;
+  r.mutable_exited()->set_exit_code((*ended)->exit_code.value_or(255));
+  s.Send(r);
+}
+
+void HandleRun(const Session& s, const proto::Request& req) {
+  auto job = s.supervisor.Run(s.caller, req.run());
+  if (!job) return s.SendError(job.error());
+  if (!req.run().attach()) return s.Send(JobResponse(*job));
+  proto::Response started;
+  ToProto(*job, started.mutable_started()->mutable_job());
+  s.Send(started);
+  FollowToEnd(s, *job);
+}
+
+void HandlePs(const Session& s, const proto::Request& req) {
+  proto::Response r;
+  for (const auto& job : s.supervisor.List(s.caller, req.ps().all())) ToProto(job, r.mutable_jobs()->add_jobs());
+  s.Send(r);
+}
+
+void HandleLogs(const Session& s, const proto::Request& req) {
+  auto job = s.supervisor.Find(s.caller, req.logs().name());
+  if (!job) return s.SendError(job.error());
+  if (req.logs().follow()) return FollowToEnd(s, *job);
+  auto sent = StreamOutput(s.supervisor, *job, s.fd, /*follow=*/false);
+  if (!sent) return s.SendError(sent.error());
+  proto::Response done;
+  done.mutable_done();
+  s.Send(done);
+}
+
+void HandleKill(const Session& s, const proto::Request& req) {
+  int sig = req.kill().signal() == 0 ? SIGTERM : req.kill().signal();
+  if (sig < 1 || sig >= NSIG) return s.SendError(Error(ErrorKind::kInvalidArgument, "no signal " + std::to_string(sig)));
+  auto job = s.supervisor.Kill(s.caller, req.kill().name(), sig);
+  if (!job) return s.SendError(job.error());
+  s.Send(JobResponse(*job));
+}
+
+void HandleRemove(const Session& s, const proto::Request& req) {
+  auto job = s.supervisor.Remove(s.caller, req.remove().name(), req.remove().force());
+  if (!job) return s.SendError(job.error());
+  s.Send(JobResponse(*job));
+}
+
+using Handler = void (*)(const Session&, const proto::Request&);
+struct Route {
+  proto::Request::BodyCase body;
+  Handler handler;
+};
+constexpr Route kRoutes[] = {
+    {proto::Request::kRun, HandleRun},   {proto::Request::kPs, HandlePs},
+    {proto::Request::kLogs, HandleLogs}, {proto::Request::kKill, HandleKill},
+    {proto::Request::kRemove, HandleRemove},
+};
+
+Result<Caller> PeerCaller(int fd) {
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return SysFail("SO_PEERCRED");
+  Caller c{cred.uid, cred.gid, cred.pid, {}};
+  std::vector<gid_t> groups(64);
+  for (;;) {
+    socklen_t glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen) == 0) {
+      groups.resize(glen / sizeof(gid_t));
+      break;
+    }
+    if (errno != ERANGE) return SysFail("SO_PEERGROUPS");
+    groups.resize(glen / sizeof(gid_t) + 1);
+  }
+  c.groups = std::move(groups);
+  return c;
+}
+
+void SetTimeout(int fd, int option, int seconds) {
+  timeval tv{seconds, 0};
+  ::setsockopt(fd, SOL_SOCKET, option, &tv, sizeof tv);
+}
+
+void ServeClient(UniqueFd fd, Supervisor& supervisor) {
+  auto caller = PeerCaller(fd.get());
+  if (!caller) {
+    LogWarn("cannot identify client", {{"error", caller.error().ToString()}});
+    return;
+  }
+  Session s{fd.get(), *caller, supervisor};
+  SetTimeout(fd.get(), SO_RCVTIMEO, kRequestTimeoutSeconds);
+  SetTimeout(fd.get(), SO_SNDTIMEO, kSendTimeoutSeconds);
+  proto::Request req;
+  auto got = ReadFrame(fd.get(), &req);
+  if (!got) {
+    LogWarn("bad request", {{"uid", std::to_string(caller->uid)}, {"error", got.error().ToString()}});
+    return s.SendError(got.error().WithContext("bad request"));
+  }
+  if (!*got) return;
+  if (req.protocol_version() != kProtocolVersion) {
+    return s.SendError(Error(ErrorKind::kInvalidArgument,
+                             "protocol version " + std::to_string(req.protocol_version()) +
+                                 " is not supported (cryod speaks " + std::to_string(kProtocolVersion) +
+                                 "; use a cryo client of the same release)"));
+  }
+  for (const auto& route : kRoutes) {
+    if (route.body == req.body_case()) return route.handler(s, req);
+  }
+  s.SendError(Error(ErrorKind::kInvalidArgument, "empty or unknown request"));
+}
+
+// Whether something answers on `path`.
+bool Answers(const std::string& path) {
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  return ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+}
+
+}  // namespace
+
+ControlServer::ControlServer(std::string path, UniqueFd listener, Supervisor& supervisor)
+    : path_(std::move(path)), listener_(std::move(listener)), wake_(::eventfd(0, EFD_CLOEXEC)),
+      supervisor_(supervisor) {}
+
+ControlServer::~ControlServer() { Stop(); }
+
+Result<std::unique_ptr<ControlServer>> ControlServer::Listen(const std::string& socket_path,
+                                                             Supervisor& supervisor) {
+  sockaddr_un addr{};
+  if (socket_path.size() >= sizeof addr.sun_path) {
+    return Fail(ErrorKind::kInvalidArgument, "socket path too long: " + socket_path);
+  }
+  std::string dir = std::filesystem::path(socket_path).parent_path().string();
+  if (auto s = MakeDirs(dir, 0755); !s) return std::unexpected(s.error());
+  if (Answers(socket_path)) {
+    return Fail(ErrorKind::kAlreadyExists, "another cryod is already listening on " + socket_path);
+  }
+  ::unlink(socket_path.c_str());  // a stale socket of a dead cryod
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return SysFail("socket");
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", socket_path.c_str());
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return SysFail("bind " + socket_path);
+  if (::chmod(socket_path.c_str(), 0666) != 0) return SysFail("chmod " + socket_path);
+  if (::listen(fd.get(), 64) != 0) return SysFail("listen " + socket_path);
+  return std::unique_ptr<ControlServer>(new ControlServer(socket_path, std::move(fd), supervisor));
+}
+
+void ControlServer::Serve() {
+  while (!stopping_) {
+    pollfd fds[2] = {{listener_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0) continue;
+    if (fds[1].revents) break;
+    int client = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    if (client < 0) continue;
+    std::thread([fd = UniqueFd(client), &sup = supervisor_]() mutable { ServeClient(std::move(fd), sup); })
+        .detach();
+  }
+}
+
+void ControlServer::Stop() {
+  if (stopping_.exchange(true)) return;
+  uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof one);
+  ::unlink(path_.c_str());
+}
+
+}  // namespace cryo

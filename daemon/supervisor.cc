@@ -1,0 +1,396 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "supervisor.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "cryo/cgroup.h"
+#include "cryo/file_util.h"
+#include "cryo/log.h"
+#include "cryo/process.h"
+
+namespace cryo {
+namespace {
+
+// What a start report (see cryo-monitor) says.
+struct StartReport {
+  pid_t init_pid = 0;
+  uint64_t init_start_time = 0;
+  pid_t pid = 0;
+};
+
+Result<StartReport> ParseStartReport(const std::string& text) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_object()) {
+    return Fail(ErrorKind::kInternal, "cryo-monitor ended without a start report (see its monitor.log)");
+  }
+  if (j.contains("error")) {
+    int err = j.value("errno", 0);
+    std::string message = j.value("error", std::string("unknown error"));
+    if (err != 0) return std::unexpected(Error(SysFail("", err).error().kind(), message));
+    return Fail(ErrorKind::kInternal, message);
+  }
+  return StartReport{j.value("init_pid", 0), j.value("init_start_time", uint64_t{0}), j.value("pid", 0)};
+}
+
+// Waits (bounded) for a process we gave up on to end, through its pidfd.
+void AwaitExit(int pidfd, int timeout_ms) {
+  pollfd p{pidfd, POLLIN, 0};
+  ::poll(&p, 1, timeout_ms);
+}
+
+}  // namespace
+
+Supervisor::Supervisor(std::string state_dir, std::string monitor_path)
+    : table_(std::move(state_dir)), monitor_path_(std::move(monitor_path)) {}
+
+Result<std::unique_ptr<Supervisor>> Supervisor::Create(std::string state_dir, std::string monitor_path) {
+  if (auto s = MakeDirs(state_dir + "/jobs", 0700); !s) return std::unexpected(s.error());
+  std::unique_ptr<Supervisor> sup(new Supervisor(std::move(state_dir), std::move(monitor_path)));
+
+  // SIGCHLD goes to a signalfd; the caller's other threads inherit the mask.
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  ::pthread_sigmask(SIG_BLOCK, &chld, nullptr);
+  sup->sigchld_.reset(::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK));
+  sup->epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+  sup->wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!sup->sigchld_.valid() || !sup->epoll_.valid() || !sup->wake_.valid()) {
+    return SysFail("set up the job watcher");
+  }
+  for (int fd : {sup->sigchld_.get(), sup->wake_.get()}) {
+    epoll_event ev{EPOLLIN, {.fd = fd}};
+    ::epoll_ctl(sup->epoll_.get(), EPOLL_CTL_ADD, fd, &ev);
+  }
+
+  std::vector<Error> skipped;
+  auto jobs = sup->table_.LoadAll(&skipped);
+  if (!jobs) return std::unexpected(jobs.error());
+  for (const auto& e : skipped) LogWarn("skipping unreadable job record", {{"error", e.ToString()}});
+  {
+    std::lock_guard lock(sup->mu_);
+    for (auto& job : *jobs) {
+      sup->Adopt(job);
+      sup->jobs_[job.id] = job;
+    }
+  }
+  sup->ReapChildren();
+  sup->watcher_ = std::thread([s = sup.get()] { s->WatchLoop(); });
+  return sup;
+}
+
+Supervisor::~Supervisor() {
+  uint64_t one = 1;
+  (void)!::write(wake_.get(), &one, sizeof one);
+  if (watcher_.joinable()) watcher_.join();
+}
+
+bool Supervisor::IsLive(const JobRecord& job) const {
+  return job.state == JobState::kStarting || job.state == JobState::kRunning;
+}
+
+void Supervisor::Adopt(JobRecord& job) {
+  if (!IsLive(job)) return;
+  auto ended = table_.ReadExit(job.id);
+  if (ended && *ended) {
+    job.state = JobState::kExited;
+    job.exit_code = (*ended)->exit_code;
+    job.ended_unix_ms = (*ended)->ended_unix_ms;
+    job.pid = 0;
+    LogInfo("job ended while cryod was away", {{"job", job.name}, {"exit_code", std::to_string(*job.exit_code)}});
+  } else if (auto pidfd = OpenPidFd(job.monitor_pid, job.monitor_start_time);
+             pidfd && job.state == JobState::kRunning) {
+    LogInfo("re-adopted running job", {{"job", job.name}, {"pid", std::to_string(job.pid)}});
+    Watch(job, std::move(*pidfd));
+    return;
+  } else {
+    // Its monitor is gone without a word (or cryod died while starting it):
+    // say so rather than pretend.
+    job.state = JobState::kLost;
+    job.ended_unix_ms = UnixMillis();
+    job.pid = 0;
+    LogWarn("job lost: its monitor is gone and left no exit status", {{"job", job.name}});
+    if (!job.cgroup.empty()) (void)Cgroup::Adopt(job.cgroup);  // removed if empty
+  }
+  if (auto s = table_.Save(job); !s) LogError("cannot save job record", {{"error", s.error().ToString()}});
+}
+
+void Supervisor::Watch(const JobRecord& job, UniqueFd pidfd) {
+  epoll_event ev{EPOLLIN, {.fd = pidfd.get()}};
+  ::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, pidfd.get(), &ev);
+  watched_[pidfd.get()] = job.id;
+  pidfds_[job.id] = std::move(pidfd);
+}
+
+void Supervisor::WatchLoop() {
+  for (;;) {
+    epoll_event events[16];
+    int n = ::epoll_wait(epoll_.get(), events, 16, -1);
+    if (n < 0 && errno != EINTR) {
+      LogError("job watcher failed", {{"error", std::strerror(errno)}});
+      return;
+    }
+    for (int i = 0; i < n; ++i) {
+      int fd = events[i].data.fd;
+      if (fd == wake_.get()) return;
+      if (fd == sigchld_.get()) {
+        ReapChildren();
+        continue;
+      }
+      std::string id;
+      {
+        std::lock_guard lock(mu_);
+        auto it = watched_.find(fd);
+        if (it == watched_.end()) continue;
+        id = it->second;
+      }
+      OnMonitorExit(id);
+    }
+  }
+}
+
+void Supervisor::ReapChildren() {
+  signalfd_siginfo si;
+  while (::read(sigchld_.get(), &si, sizeof si) == sizeof si) {
+  }
+  // cryod is a child subreaper: monitors and anything orphaned below it.
+  int status;
+  while (::waitpid(-1, &status, WNOHANG) > 0) {
+  }
+}
+
+void Supervisor::OnMonitorExit(const std::string& id) {
+  std::lock_guard lock(mu_);
+  auto pfd = pidfds_.find(id);
+  if (pfd != pidfds_.end()) {
+    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, pfd->second.get(), nullptr);
+    watched_.erase(pfd->second.get());
+    pidfds_.erase(pfd);
+  }
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return;
+  JobRecord& job = it->second;
+  auto ended = table_.ReadExit(id);
+  if (ended && *ended) {
+    job.state = JobState::kExited;
+    job.exit_code = (*ended)->exit_code;
+    job.ended_unix_ms = (*ended)->ended_unix_ms;
+    LogInfo("job exited", {{"job", job.name}, {"exit_code", std::to_string(*job.exit_code)}});
+  } else {
+    job.state = JobState::kLost;
+    job.ended_unix_ms = UnixMillis();
+    LogWarn("job lost: its monitor ended without an exit status", {{"job", job.name}});
+  }
+  job.pid = 0;
+  if (auto s = table_.Save(job); !s) LogError("cannot save job record", {{"error", s.error().ToString()}});
+  changed_.notify_all();
+}
+
+JobRecord* Supervisor::FindLocked(std::string_view name) {
+  JobRecord* found = nullptr;
+  for (auto& [id, job] : jobs_) {
+    if (job.name != name) continue;
+    if (IsLive(job)) return &job;
+    if (found == nullptr || job.created_unix_ms > found->created_unix_ms) found = &job;
+  }
+  return found;
+}
+
+Status Supervisor::CheckAccess(const Caller& caller, const JobRecord& job, std::string_view action) const {
+  if (caller.is_root() || caller.uid == job.uid) return {};
+  return Fail(ErrorKind::kPermissionDenied, "job '" + job.name + "' belongs to another user; only its owner or root may " +
+                                                std::string(action) + " it");
+}
+
+Result<JobRecord> Supervisor::Run(const Caller& caller, const proto::RunRequest& request) {
+  if (request.argv().empty() || request.argv(0).empty()) {
+    return Fail(ErrorKind::kInvalidArgument, "nothing to run: give a program after '--'");
+  }
+  if (request.cwd().empty() || request.cwd()[0] != '/') {
+    return Fail(ErrorKind::kInvalidArgument, "the working directory must be an absolute path");
+  }
+  for (const auto& e : request.env()) {
+    if (e.find('=') == std::string::npos || e[0] == '=') {
+      return Fail(ErrorKind::kInvalidArgument, "bad environment entry '" + e + "' (expected KEY=VALUE)");
+    }
+  }
+  JobRecord job;
+  job.id = NewJobId();
+  job.name = request.name().empty() ? "job-" + job.id.substr(0, 8) : request.name();
+  if (!IsValidJobName(job.name)) {
+    return Fail(ErrorKind::kInvalidArgument,
+                "invalid job name '" + job.name + "': use 1-64 letters, digits, '_', '.', '-'");
+  }
+  job.argv.assign(request.argv().begin(), request.argv().end());
+  job.env.assign(request.env().begin(), request.env().end());
+  job.cwd = request.cwd();
+  job.uid = caller.uid;
+  job.gid = caller.gid;
+  job.groups = caller.groups;
+  job.created_unix_ms = UnixMillis();
+  job.state = JobState::kStarting;
+
+  std::optional<Cgroup> cgroup;
+  {
+    std::lock_guard lock(mu_);
+    if (JobRecord* old = FindLocked(job.name)) {
+      if (IsLive(*old)) {
+        return Fail(ErrorKind::kAlreadyExists, "a job named '" + job.name +
+                                                   "' is already running (choose another --name, or stop it "
+                                                   "with 'cryo kill " + job.name + "')");
+      }
+      if (!caller.is_root() && old->uid != caller.uid) {
+        return Fail(ErrorKind::kAlreadyExists, "the name '" + job.name + "' is taken by another user's job");
+      }
+      // A new run replaces the ended job of the same name.
+      (void)table_.Remove(old->id);
+      jobs_.erase(old->id);
+    }
+    auto made = Cgroup::Create(job.id);
+    if (!made) return std::unexpected(made.error().WithContext("start job '" + job.name + "'"));
+    cgroup.emplace(std::move(*made));
+    job.cgroup = cgroup->path();
+    if (auto s = table_.Create(job); !s) return std::unexpected(s.error().WithContext("start job '" + job.name + "'"));
+    jobs_[job.id] = job;  // reserves the name
+  }
+
+  auto forget = [&](Error e) -> Result<JobRecord> {
+    std::lock_guard lock(mu_);
+    jobs_.erase(job.id);
+    (void)table_.Remove(job.id);
+    return std::unexpected(std::move(e));
+  };
+  std::string dir = table_.JobDir(job.id);
+  auto devnull = OpenFile("/dev/null", O_RDWR);
+  auto monitor_log = OpenFile(dir + "/monitor.log", O_WRONLY | O_CREAT | O_APPEND, 0600);
+  auto report = MakePipe();
+  if (!devnull || !monitor_log || !report) return forget(Error(ErrorKind::kIo, "cannot prepare the job's files"));
+  auto monitor = Spawn({.path = monitor_path_,
+                        .argv = {"cryo-monitor", dir},
+                        .env = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
+                        .fds = {{0, devnull->get()}, {1, devnull->get()}, {2, monitor_log->get()},
+                                {3, report->second.get()}}});
+  report->second.reset();
+  if (!monitor) return forget(monitor.error().WithContext("start job '" + job.name + "'"));
+  auto report_text = ReadToEnd(report->first.get());
+  auto started = ParseStartReport(report_text ? *report_text : "");
+  if (!started) {
+    AwaitExit(monitor->pidfd.get(), 5000);  // its cgroup must be empty before removal
+    return forget(started.error().WithContext("start job '" + job.name + "'"));
+  }
+  job.state = JobState::kRunning;
+  job.monitor_pid = monitor->pid;
+  job.monitor_start_time = ProcessStartTime(monitor->pid).value_or(0);
+  job.init_pid = started->init_pid;
+  job.init_start_time = started->init_start_time;
+  job.pid = started->pid;
+  (void)cgroup->Release();  // the monitor owns it now
+
+  std::lock_guard lock(mu_);
+  jobs_[job.id] = job;
+  if (auto s = table_.Save(job); !s) LogError("cannot save job record", {{"error", s.error().ToString()}});
+  Watch(job, std::move(monitor->pidfd));
+  LogInfo("job started", {{"job", job.name}, {"uid", std::to_string(job.uid)}, {"pid", std::to_string(job.pid)},
+                          {"command", job.argv[0]}});
+  return job;
+}
+
+std::vector<JobRecord> Supervisor::List(const Caller& caller, bool all) {
+  std::lock_guard lock(mu_);
+  std::vector<JobRecord> out;
+  for (const auto& [id, job] : jobs_) {
+    if (!caller.is_root() && job.uid != caller.uid) continue;
+    if (!all && !IsLive(job)) continue;
+    out.push_back(job);
+  }
+  std::sort(out.begin(), out.end(),
+            [](const JobRecord& a, const JobRecord& b) { return a.created_unix_ms < b.created_unix_ms; });
+  return out;
+}
+
+Result<JobRecord> Supervisor::Find(const Caller& caller, std::string_view name) {
+  std::lock_guard lock(mu_);
+  JobRecord* job = FindLocked(name);
+  if (job == nullptr) {
+    return Fail(ErrorKind::kNotFound, "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
+  }
+  if (auto s = CheckAccess(caller, *job, "see"); !s) return std::unexpected(s.error());
+  return *job;
+}
+
+Result<JobRecord> Supervisor::Kill(const Caller& caller, std::string_view name, int signal) {
+  std::lock_guard lock(mu_);
+  JobRecord* job = FindLocked(name);
+  if (job == nullptr) {
+    return Fail(ErrorKind::kNotFound, "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
+  }
+  if (auto s = CheckAccess(caller, *job, "signal"); !s) return std::unexpected(s.error());
+  if (!IsLive(*job)) {
+    return Fail(ErrorKind::kFailedPrecondition, "job '" + job->name + "' is not running (" +
+                                                    std::string(JobStateName(job->state)) + ")");
+  }
+  auto pidfd = OpenPidFd(job->init_pid, job->init_start_time);
+  if (!pidfd) return Fail(ErrorKind::kFailedPrecondition, "job '" + job->name + "' is already ending");
+  if (auto s = SignalPidFd(pidfd->get(), signal); !s) {
+    return std::unexpected(s.error().WithContext("signal job '" + job->name + "'"));
+  }
+  LogInfo("job signalled", {{"job", job->name}, {"signal", std::to_string(signal)},
+                            {"by_uid", std::to_string(caller.uid)}});
+  return *job;
+}
+
+Result<JobRecord> Supervisor::Remove(const Caller& caller, std::string_view name, bool force) {
+  std::unique_lock lock(mu_);
+  JobRecord* job = FindLocked(name);
+  if (job == nullptr) {
+    return Fail(ErrorKind::kNotFound, "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
+  }
+  if (auto s = CheckAccess(caller, *job, "remove"); !s) return std::unexpected(s.error());
+  std::string id = job->id;
+  if (IsLive(*job)) {
+    if (!force) {
+      return Fail(ErrorKind::kFailedPrecondition, "job '" + job->name + "' is running; stop it first ('cryo kill " +
+                                                      job->name + "') or use 'cryo rm --force " + job->name + "'");
+    }
+    if (auto pidfd = OpenPidFd(job->init_pid, job->init_start_time)) (void)SignalPidFd(pidfd->get(), SIGKILL);
+    bool ended = changed_.wait_for(lock, std::chrono::seconds(10), [&] {
+      auto it = jobs_.find(id);
+      return it == jobs_.end() || !IsLive(it->second);
+    });
+    if (!ended) return Fail(ErrorKind::kFailedPrecondition, "job '" + std::string(name) + "' did not end after SIGKILL");
+  }
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return Fail(ErrorKind::kNotFound, "job '" + std::string(name) + "' is already removed");
+  JobRecord removed = it->second;
+  if (auto s = table_.Remove(id); !s) return std::unexpected(s.error().WithContext("remove job '" + removed.name + "'"));
+  jobs_.erase(it);
+  LogInfo("job removed", {{"job", removed.name}});
+  return removed;
+}
+
+std::optional<JobRecord> Supervisor::Get(const std::string& id) {
+  std::lock_guard lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return std::nullopt;
+  return it->second;
+}
+
+bool Supervisor::WaitForEnd(const std::string& id, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  return changed_.wait_for(lock, timeout, [&] {
+    auto it = jobs_.find(id);
+    return it == jobs_.end() || !IsLive(it->second);
+  });
+}
+
+}  // namespace cryo

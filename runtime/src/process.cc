@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "cryo/process.h"
+
+#include <dirent.h>
+#include <signal.h>
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <chrono>
+#include <string>
+
+#include "cryo/file_util.h"
+
+namespace cryo {
+
+Result<uint64_t> ProcessStartTime(pid_t pid) {
+  auto stat = ReadFileToString("/proc/" + std::to_string(pid) + "/stat");
+  if (!stat) return std::unexpected(stat.error());
+  // Field 2 (comm) may hold spaces and parentheses: count from the last ')'.
+  size_t pos = stat->rfind(')');
+  if (pos == std::string::npos) return Fail(ErrorKind::kCorrupt, "bad /proc stat for " + std::to_string(pid));
+  // After ") " come fields 3, 4, ...; starttime is field 22.
+  std::string_view rest = std::string_view(*stat).substr(pos + 2);
+  for (int field = 3; field < 22; ++field) {
+    size_t sp = rest.find(' ');
+    if (sp == std::string_view::npos) return Fail(ErrorKind::kCorrupt, "short /proc stat");
+    rest.remove_prefix(sp + 1);
+  }
+  uint64_t value = 0;
+  auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), value);
+  if (ec != std::errc()) return Fail(ErrorKind::kCorrupt, "bad starttime in /proc stat");
+  return value;
+}
+
+Result<std::vector<pid_t>> ChildPids(pid_t pid) {
+  std::string task_dir = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = ::opendir(task_dir.c_str());
+  if (d == nullptr) return SysFail("open " + task_dir);
+  std::vector<pid_t> out;
+  while (dirent* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    auto text = ReadFileToString(task_dir + "/" + e->d_name + "/children");
+    if (!text) continue;  // the thread ended meanwhile
+    std::string_view s = *text;
+    while (!s.empty()) {
+      pid_t child = 0;
+      auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), child);
+      if (ec != std::errc()) break;
+      out.push_back(child);
+      s.remove_prefix(static_cast<size_t>(ptr - s.data()));
+      while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
+    }
+  }
+  ::closedir(d);
+  return out;
+}
+
+Result<UniqueFd> OpenPidFd(pid_t pid, uint64_t start_time) {
+  if (pid <= 0) return Fail(ErrorKind::kNotFound, "no process");
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) return SysFail("pidfd_open " + std::to_string(pid));
+  UniqueFd owned(fd);
+  // Checked after opening: the pidfd now pins the process we compare.
+  auto started = ProcessStartTime(pid);
+  if (!started || *started != start_time) {
+    return Fail(ErrorKind::kNotFound, "process " + std::to_string(pid) + " is gone");
+  }
+  return owned;
+}
+
+Status SignalPidFd(int pidfd, int signal) {
+  if (::syscall(SYS_pidfd_send_signal, pidfd, signal, nullptr, 0) != 0) {
+    return SysFail("send signal " + std::to_string(signal));
+  }
+  return {};
+}
+
+int64_t UnixMillis() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace cryo
+
+namespace cryo {
+namespace {
+
+// Async-signal-safe pieces for the child between clone3 and execve.
+[[noreturn]] void ChildFail(int error_fd, int err) {
+  (void)!::write(error_fd, &err, sizeof err);
+  ::_exit(127);
+}
+
+}  // namespace
+
+Result<Spawned> Spawn(const SpawnOptions& options) {
+  // Everything the child needs is prepared here: it may not allocate.
+  std::vector<char*> argv;
+  for (const auto& a : options.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (const auto& e : options.env) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
+  int max_target = -1;
+  for (const auto& [target, source] : options.fds) max_target = std::max(max_target, target);
+
+  auto error_pipe = MakePipe();
+  if (!error_pipe) return std::unexpected(error_pipe.error());
+  auto& [error_r, error_w] = *error_pipe;
+
+  int pidfd = -1;
+  clone_args args{};
+  args.flags = CLONE_PIDFD;
+  args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+  args.exit_signal = SIGCHLD;
+  long pid = ::syscall(SYS_clone3, &args, sizeof args);
+  if (pid < 0) return SysFail("clone3 for " + options.path);
+  if (pid == 0) {
+    int efd = error_w.get();
+    // Move the error pipe and every source fd above all targets, so that
+    // dup2 onto a target never clobbers a source not yet placed.
+    int floor = std::max(max_target + 1, 3) + 1;
+    efd = ::fcntl(efd, F_DUPFD_CLOEXEC, floor);
+    if (efd < 0) ::_exit(127);
+    int moved[64];
+    size_t n = options.fds.size() < 64 ? options.fds.size() : 64;
+    for (size_t i = 0; i < n; ++i) {
+      moved[i] = ::fcntl(options.fds[i].second, F_DUPFD_CLOEXEC, floor);
+      if (moved[i] < 0) ChildFail(efd, errno);
+    }
+    for (size_t i = 0; i < n; ++i) {
+      if (::dup2(moved[i], options.fds[i].first) < 0) ChildFail(efd, errno);
+    }
+    // Close everything else except the error pipe (closed by exec itself).
+    if (max_target + 1 < efd) ::close_range(static_cast<unsigned>(max_target + 1), efd - 1, 0);
+    ::close_range(static_cast<unsigned>(efd + 1), ~0U, 0);
+    struct sigaction dfl{};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::execve(options.path.c_str(), argv.data(), envp.data());
+    ChildFail(efd, errno);
+  }
+  UniqueFd owned_pidfd(pidfd);
+  error_w.reset();
+  int child_errno = 0;
+  auto got = ReadFull(error_r.get(), std::span(reinterpret_cast<char*>(&child_errno), sizeof child_errno));
+  if (got && *got == sizeof child_errno) {
+    int status;
+    ::waitpid(static_cast<pid_t>(pid), &status, 0);
+    return SysFail("start " + options.path, child_errno);
+  }
+  return Spawned{static_cast<pid_t>(pid), std::move(owned_pidfd)};
+}
+
+}  // namespace cryo

@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "client.h"
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <iostream>
+
+#include "cryo/file_util.h"
+#include "cryo/protocol.h"
+
+namespace cryo::cli {
+
+std::string Globals::SocketPath() const {
+  if (!socket.empty()) return socket;
+  if (const char* env = std::getenv(kSocketEnvVar); env != nullptr && *env != '\0') return env;
+  return kDefaultSocketPath;
+}
+
+Result<UniqueFd> Connect(const Globals& globals) {
+  std::string path = globals.SocketPath();
+  sockaddr_un addr{};
+  if (path.size() >= sizeof addr.sun_path) return Fail(ErrorKind::kInvalidArgument, "socket path too long: " + path);
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) return SysFail("socket");
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    int err = errno;
+    return std::unexpected(Error(ErrorKind::kUnavailable,
+                                 "cannot reach cryod at " + path + " (" + std::strerror(err) +
+                                     "); start it with 'sudo cryod', or point CRYO_SOCKET or --socket at "
+                                     "the socket of a running one"));
+  }
+  return fd;
+}
+
+Result<UniqueFd> Send(const Globals& globals, proto::Request request) {
+  auto fd = Connect(globals);
+  if (!fd) return fd;
+  request.set_protocol_version(kProtocolVersion);
+  if (auto s = WriteFrame(fd->get(), request); !s) return std::unexpected(s.error().WithContext("send to cryod"));
+  return fd;
+}
+
+Result<proto::Response> Receive(int fd) {
+  proto::Response r;
+  auto got = ReadFrame(fd, &r);
+  if (!got) return std::unexpected(got.error().WithContext("read from cryod"));
+  if (!*got) return Fail(ErrorKind::kUnavailable, "cryod closed the connection (see its log)");
+  return r;
+}
+
+Result<proto::Response> Call(const Globals& globals, proto::Request request) {
+  auto fd = Send(globals, std::move(request));
+  if (!fd) return std::unexpected(fd.error());
+  auto r = Receive(fd->get());
+  if (!r) return r;
+  if (r->has_error()) return std::unexpected(ErrorFromProto(r->error()));
+  return r;
+}
+
+int ReportError(std::string_view command, const Error& error) {
+  std::cerr << "cryo " << command << ": " << error.ToString() << "\n";
+  switch (error.kind()) {
+    case ErrorKind::kInvalidArgument:
+      return kExitUsage;
+    case ErrorKind::kNotFound:
+      return kExitNotFound;
+    case ErrorKind::kPermissionDenied:
+      return kExitPermission;
+    case ErrorKind::kUnavailable:
+      return kExitUnavailable;
+    default:
+      return kExitFailure;
+  }
+}
+
+void WriteOutput(const proto::Output& output) {
+  int fd = output.stream() == proto::Output::STREAM_STDERR ? STDERR_FILENO : STDOUT_FILENO;
+  (void)WriteAll(fd, output.data());
+}
+
+}  // namespace cryo::cli

@@ -1,0 +1,59 @@
+// SPDX-License-Identifier: Apache-2.0
+// What every subcommand of the cryo CLI shares: finding and calling cryod,
+// printing errors, and the exit codes scripts can rely on.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <string>
+
+#include "cryo/daemon.pb.h"
+#include "cryo/protocol.h"
+#include "cryo/error.h"
+#include "cryo/unique_fd.h"
+
+namespace cryo::cli {
+
+// Exit codes of cryo (besides `cryo run`, which exits with the job's status
+// and uses 125-127 for its own failures, like `docker run`).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitUsage = 2;
+inline constexpr int kExitNotFound = 3;
+inline constexpr int kExitPermission = 4;
+inline constexpr int kExitUnavailable = 5;  // cryod does not answer
+inline constexpr int kExitRunFailed = 125;
+inline constexpr int kExitCannotExecute = 126;
+inline constexpr int kExitCommandNotFound = 127;
+
+struct Globals {
+  std::string socket;  // --socket, else $CRYO_SOCKET, else the default
+  std::string SocketPath() const;
+};
+
+// Connects to cryod; when nothing answers, the error says how to start it.
+Result<UniqueFd> Connect(const Globals& globals);
+// Sends `request` (the protocol version is filled in) on a fresh connection.
+Result<UniqueFd> Send(const Globals& globals, proto::Request request);
+// Reads the next response; a lost connection is an error.
+Result<proto::Response> Receive(int fd);
+// One request, one final response; an `error` response becomes an Error.
+Result<proto::Response> Call(const Globals& globals, proto::Request request);
+
+// Prints "cryo <command>: <message>" to stderr and returns the exit code for it.
+int ReportError(std::string_view command, const Error& error);
+
+// A subcommand: registers its options on `app` and returns what runs it.
+using Command = std::function<int()>;
+using Registrar = Command (*)(CLI::App& app, const Globals& globals);
+
+Command RegisterRun(CLI::App& app, const Globals& globals);
+Command RegisterPs(CLI::App& app, const Globals& globals);
+Command RegisterLogs(CLI::App& app, const Globals& globals);
+Command RegisterKill(CLI::App& app, const Globals& globals);
+Command RegisterRm(CLI::App& app, const Globals& globals);
+
+// Writes bytes of job output to our stdout or stderr.
+void WriteOutput(const proto::Output& output);
+
+}  // namespace cryo::cli

@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: Apache-2.0
+// cryo ps [--all] [--json]
+#include <pwd.h>
+
+#include <ctime>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "client.h"
+
+namespace cryo::cli {
+namespace {
+
+struct PsOptions {
+  bool all = false;
+  bool json = false;
+};
+
+std::string StateText(const proto::JobInfo& job) {
+  switch (job.state()) {
+    case proto::JOB_STATE_STARTING:
+      return "starting";
+    case proto::JOB_STATE_RUNNING:
+      return "running";
+    case proto::JOB_STATE_EXITED:
+      return "exited";
+    case proto::JOB_STATE_LOST:
+      return "lost";
+    default:
+      return "unknown";
+  }
+}
+
+std::string OwnerName(uint32_t uid) {
+  passwd* pw = ::getpwuid(uid);
+  return pw != nullptr ? pw->pw_name : std::to_string(uid);
+}
+
+std::string LocalTime(int64_t unix_ms) {
+  time_t t = static_cast<time_t>(unix_ms / 1000);
+  tm local;
+  ::localtime_r(&t, &local);
+  std::ostringstream out;
+  out << std::put_time(&local, "%Y-%m-%d %H:%M:%S");
+  return out.str();
+}
+
+std::string CommandLine(const proto::JobInfo& job) {
+  std::string cmd;
+  for (const auto& a : job.argv()) cmd += (cmd.empty() ? "" : " ") + a;
+  return cmd;
+}
+
+nlohmann::json ToJson(const proto::JobInfo& job) {
+  nlohmann::json j = {
+      {"name", job.name()},
+      {"id", job.id()},
+      {"state", StateText(job)},
+      {"pid", job.pid()},
+      {"uid", job.uid()},
+      {"gid", job.gid()},
+      {"owner", OwnerName(job.uid())},
+      {"created_unix_ms", job.created_unix_ms()},
+      {"command", CommandLine(job)},
+      {"argv", std::vector<std::string>(job.argv().begin(), job.argv().end())},
+      {"cwd", job.cwd()},
+  };
+  j["exit_code"] = job.has_exit_code() ? nlohmann::json(job.exit_code()) : nlohmann::json(nullptr);
+  j["ended_unix_ms"] = job.ended_unix_ms() != 0 ? nlohmann::json(job.ended_unix_ms()) : nlohmann::json(nullptr);
+  return j;
+}
+
+int Ps(const Globals& globals, const PsOptions& opts) {
+  proto::Request req;
+  req.mutable_ps()->set_all(opts.all);
+  auto r = Call(globals, req);
+  if (!r) return ReportError("ps", r.error());
+  const auto& jobs = r->jobs().jobs();
+  if (opts.json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& job : jobs) out.push_back(ToJson(job));
+    std::cout << out.dump(2) << "\n";
+    return kExitOk;
+  }
+  std::cout << std::left << std::setw(20) << "NAME" << std::setw(14) << "STATE" << std::setw(9) << "PID"
+            << std::setw(10) << "OWNER" << std::setw(21) << "CREATED" << "COMMAND\n";
+  for (const auto& job : jobs) {
+    std::string state = StateText(job);
+    if (job.has_exit_code()) state += " (" + std::to_string(job.exit_code()) + ")";
+    std::cout << std::setw(20) << job.name() << std::setw(14) << state << std::setw(9)
+              << (job.pid() != 0 ? std::to_string(job.pid()) : "-") << std::setw(10) << OwnerName(job.uid())
+              << std::setw(21) << LocalTime(job.created_unix_ms()) << CommandLine(job) << "\n";
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+Command RegisterPs(CLI::App& app, const Globals& globals) {
+  auto opts = std::make_shared<PsOptions>();
+  auto* sub = app.add_subcommand("ps", "List your jobs (root: everyone's)");
+  sub->add_flag("-a,--all", opts->all, "include jobs that have ended");
+  sub->add_flag("--json", opts->json, "print a JSON array");
+  return [&globals, opts] { return Ps(globals, *opts); };
+}
+
+}  // namespace cryo::cli
