@@ -48,7 +48,8 @@ Result<DaemonConfig> Configure(const Flags& flags) {
   if (!flags.log_level.empty()) config.log_level = flags.log_level;
   if (config.criu_path.empty()) config.criu_path = CRYO_DEFAULT_CRIU;
   for (const auto* p : {&config.state_dir, &config.socket_path}) {
-    if (p->empty() || (*p)[0] != '/') return Fail(ErrorKind::kInvalidArgument, "'" + *p + "' is not an absolute path");
+    if (p->empty() || (*p)[0] != '/')
+      return Fail(ErrorKind::kInvalidArgument, "'" + *p + "' is not an absolute path");
   }
   return ParseDaemonConfig("", config);  // validates the result once more
 }
@@ -63,7 +64,8 @@ Result<std::string> FindHelper(std::string_view name) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return SysFail("find helper " + path);
   if (st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
-    return Fail(ErrorKind::kPermissionDenied, path + " must be owned by root and writable only by root");
+    return Fail(ErrorKind::kPermissionDenied,
+                path + " must be owned by root and writable only by root");
   }
   return path;
 }
@@ -80,12 +82,14 @@ Status PrepareStore(const std::string& url) {
 int RealMain(int argc, char** argv) {
   CLI::App app{"cryod: the cryo daemon (runs as root)"};
   Flags flags;
-  app.add_option("--config", flags.config, std::string("configuration file (default ") + kDefaultConfigPath + ")");
+  app.add_option("--config", flags.config,
+                 std::string("configuration file (default ") + kDefaultConfigPath + ")");
   app.add_option("--state-dir", flags.state_dir, "state directory (default /var/lib/cryo)");
   app.add_option("--socket", flags.socket, "control socket (default /run/cryo/cryod.sock)");
   app.add_option("--store", flags.store, "checkpoint store URL (default file://STATE_DIR/store)");
   app.add_option("--log-level", flags.log_level, "debug, info, warn or error");
-  app.add_option("--ready-fd", flags.ready_fd, "write 'ready' to this fd once serving (for supervisors and tests)");
+  app.add_option("--ready-fd", flags.ready_fd,
+                 "write 'ready' to this fd once serving (for supervisors and tests)");
   CLI11_PARSE(app, argc, argv);
 
   if (::geteuid() != 0) {
@@ -109,12 +113,14 @@ int RealMain(int argc, char** argv) {
     return 1;
   }
   if (::access(config->criu_path.c_str(), X_OK) != 0) {
-    LogWarn("CRIU not found; checkpoints will fail (run tools/setup.sh)", {{"criu", config->criu_path}});
+    LogWarn("CRIU not found; checkpoints will fail (run tools/setup.sh)",
+            {{"criu", config->criu_path}});
   }
   auto monitor = FindHelper("cryo-monitor");
   auto init = FindHelper("cryo-init");
   if (!monitor || !init) {
-    LogError("cannot use cryod's helpers", {{"error", (monitor ? init.error() : monitor.error()).ToString()}});
+    LogError("cannot use cryod's helpers",
+             {{"error", (monitor ? init.error() : monitor.error()).ToString()}});
     return 1;
   }
 
@@ -138,8 +144,10 @@ int RealMain(int argc, char** argv) {
     return 1;
   }
   std::thread serving([&] { (*server)->Serve(); });
-  LogInfo("cryod ready", {{"socket", config->socket_path}, {"state_dir", config->state_dir},
-                          {"store", config->EffectiveStoreUrl()}, {"criu", config->criu_path}});
+  LogInfo("cryod ready", {{"socket", config->socket_path},
+                          {"state_dir", config->state_dir},
+                          {"store", config->EffectiveStoreUrl()},
+                          {"criu", config->criu_path}});
   if (flags.ready_fd >= 0) {
     (void)WriteAll(flags.ready_fd, "ready\n");
     ::close(flags.ready_fd);

@@ -16,7 +16,8 @@ namespace {
 Status SendRecord(int client, const LogRecord& rec) {
   proto::Response r;
   auto* out = r.mutable_output();
-  out->set_stream(rec.stream == LogStream::kStderr ? proto::Output::STREAM_STDERR : proto::Output::STREAM_STDOUT);
+  out->set_stream(rec.stream == LogStream::kStderr ? proto::Output::STREAM_STDERR
+                                                   : proto::Output::STREAM_STDOUT);
   out->set_data(rec.data);
   return WriteFrame(client, r);
 }
@@ -30,12 +31,14 @@ Status Drain(LogReader& reader, int client) {
   }
 }
 
-bool Live(const JobRecord& job) { return job.state == JobState::kStarting || job.state == JobState::kRunning; }
+bool Live(const JobRecord& job) {
+  return job.state == JobState::kStarting || job.state == JobState::kRunning;
+}
 
 }  // namespace
 
-Result<std::optional<JobRecord>> StreamOutput(Supervisor& supervisor, const JobRecord& job, int client,
-                                              bool follow) {
+Result<std::optional<JobRecord>> StreamOutput(Supervisor& supervisor, const JobRecord& job,
+                                              int client, bool follow) {
   const JobTable& table = supervisor.table();
   // Watch the job's directory: the log grows there, and exit.json appears
   // there when the job ends. The poll timeout is only a safety net.

@@ -14,7 +14,7 @@ namespace cryo {
 // so far and, with `follow`, whatever comes until the job has ended. Returns
 // the job's final record when it ended (follow), nullopt otherwise; an error
 // when the client went away or the log cannot be read. Blocks.
-Result<std::optional<JobRecord>> StreamOutput(Supervisor& supervisor, const JobRecord& job, int client,
-                                              bool follow);
+Result<std::optional<JobRecord>> StreamOutput(Supervisor& supervisor, const JobRecord& job,
+                                              int client, bool follow);
 
 }  // namespace cryo

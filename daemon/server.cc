@@ -31,7 +31,8 @@ struct Session {
   Supervisor& supervisor;
 
   void Send(const proto::Response& r) const {
-    if (auto s = WriteFrame(fd, r); !s) LogDebug("client write failed", {{"error", s.error().ToString()}});
+    if (auto s = WriteFrame(fd, r); !s)
+      LogDebug("client write failed", {{"error", s.error().ToString()}});
   }
   void SendError(const Error& e) const { Send(ErrorResponse(e)); }
 };
@@ -95,7 +96,8 @@ void HandleRun(const Session& s, const proto::Request& req) {
 
 void HandlePs(const Session& s, const proto::Request& req) {
   proto::Response r;
-  for (const auto& job : s.supervisor.List(s.caller, req.ps().all())) ToProto(job, r.mutable_jobs()->add_jobs());
+  for (const auto& job : s.supervisor.List(s.caller, req.ps().all()))
+    ToProto(job, r.mutable_jobs()->add_jobs());
   s.Send(r);
 }
 
@@ -112,7 +114,8 @@ void HandleLogs(const Session& s, const proto::Request& req) {
 
 void HandleKill(const Session& s, const proto::Request& req) {
   int sig = req.kill().signal() == 0 ? SIGTERM : req.kill().signal();
-  if (sig < 1 || sig >= NSIG) return s.SendError(Error(ErrorKind::kInvalidArgument, "no signal " + std::to_string(sig)));
+  if (sig < 1 || sig >= NSIG)
+    return s.SendError(Error(ErrorKind::kInvalidArgument, "no signal " + std::to_string(sig)));
   auto job = s.supervisor.Kill(s.caller, req.kill().name(), sig);
   if (!job) return s.SendError(job.error());
   s.Send(JobResponse(*job));
@@ -130,8 +133,8 @@ struct Route {
   Handler handler;
 };
 constexpr Route kRoutes[] = {
-    {proto::Request::kRun, HandleRun},   {proto::Request::kPs, HandlePs},
-    {proto::Request::kLogs, HandleLogs}, {proto::Request::kKill, HandleKill},
+    {proto::Request::kRun, HandleRun},       {proto::Request::kPs, HandlePs},
+    {proto::Request::kLogs, HandleLogs},     {proto::Request::kKill, HandleKill},
     {proto::Request::kRemove, HandleRemove},
 };
 
@@ -171,14 +174,16 @@ void ServeClient(UniqueFd fd, Supervisor& supervisor) {
   proto::Request req;
   auto got = ReadFrame(fd.get(), &req);
   if (!got) {
-    LogWarn("bad request", {{"uid", std::to_string(caller->uid)}, {"error", got.error().ToString()}});
+    LogWarn("bad request",
+            {{"uid", std::to_string(caller->uid)}, {"error", got.error().ToString()}});
     return s.SendError(got.error().WithContext("bad request"));
   }
   if (!*got) return;
   if (req.protocol_version() != kProtocolVersion) {
     return s.SendError(Error(ErrorKind::kInvalidArgument,
                              "protocol version " + std::to_string(req.protocol_version()) +
-                                 " is not supported (cryod speaks " + std::to_string(kProtocolVersion) +
+                                 " is not supported (cryod speaks " +
+                                 std::to_string(kProtocolVersion) +
                                  "; use a cryo client of the same release)"));
   }
   for (const auto& route : kRoutes) {
@@ -199,7 +204,9 @@ bool Answers(const std::string& path) {
 }  // namespace
 
 ControlServer::ControlServer(std::string path, UniqueFd listener, Supervisor& supervisor)
-    : path_(std::move(path)), listener_(std::move(listener)), wake_(::eventfd(0, EFD_CLOEXEC)),
+    : path_(std::move(path)),
+      listener_(std::move(listener)),
+      wake_(::eventfd(0, EFD_CLOEXEC)),
       supervisor_(supervisor) {}
 
 ControlServer::~ControlServer() { Stop(); }
@@ -220,7 +227,8 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Listen(const std::string& 
   if (!fd.valid()) return SysFail("socket");
   addr.sun_family = AF_UNIX;
   std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", socket_path.c_str());
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return SysFail("bind " + socket_path);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+    return SysFail("bind " + socket_path);
   if (::chmod(socket_path.c_str(), 0666) != 0) return SysFail("chmod " + socket_path);
   if (::listen(fd.get(), 64) != 0) return SysFail("listen " + socket_path);
   return std::unique_ptr<ControlServer>(new ControlServer(socket_path, std::move(fd), supervisor));
@@ -233,8 +241,9 @@ void ControlServer::Serve() {
     if (fds[1].revents) break;
     int client = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
     if (client < 0) continue;
-    std::thread([fd = UniqueFd(client), &sup = supervisor_]() mutable { ServeClient(std::move(fd), sup); })
-        .detach();
+    std::thread([fd = UniqueFd(client), &sup = supervisor_]() mutable {
+      ServeClient(std::move(fd), sup);
+    }).detach();
   }
 }
 

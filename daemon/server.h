@@ -18,7 +18,8 @@ class ControlServer {
  public:
   // Binds `socket_path` (mode 0666: every user may connect, the kernel tells
   // who they are). Refuses if another cryod answers there.
-  static Result<std::unique_ptr<ControlServer>> Listen(const std::string& socket_path, Supervisor& supervisor);
+  static Result<std::unique_ptr<ControlServer>> Listen(const std::string& socket_path,
+                                                       Supervisor& supervisor);
   ~ControlServer();
 
   // Accepts clients until Stop(). Blocks.

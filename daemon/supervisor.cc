@@ -31,7 +31,8 @@ struct StartReport {
 Result<StartReport> ParseStartReport(const std::string& text) {
   auto j = nlohmann::json::parse(text, nullptr, false);
   if (!j.is_object()) {
-    return Fail(ErrorKind::kInternal, "cryo-monitor ended without a start report (see its monitor.log)");
+    return Fail(ErrorKind::kInternal,
+                "cryo-monitor ended without a start report (see its monitor.log)");
   }
   if (j.contains("error")) {
     int err = j.value("errno", 0);
@@ -39,7 +40,8 @@ Result<StartReport> ParseStartReport(const std::string& text) {
     if (err != 0) return std::unexpected(Error(SysFail("", err).error().kind(), message));
     return Fail(ErrorKind::kInternal, message);
   }
-  return StartReport{j.value("init_pid", 0), j.value("init_start_time", uint64_t{0}), j.value("pid", 0)};
+  return StartReport{j.value("init_pid", 0), j.value("init_start_time", uint64_t{0}),
+                     j.value("pid", 0)};
 }
 
 // Waits (bounded) for a process we gave up on to end, through its pidfd.
@@ -53,7 +55,8 @@ void AwaitExit(int pidfd, int timeout_ms) {
 Supervisor::Supervisor(std::string state_dir, std::string monitor_path)
     : table_(std::move(state_dir)), monitor_path_(std::move(monitor_path)) {}
 
-Result<std::unique_ptr<Supervisor>> Supervisor::Create(std::string state_dir, std::string monitor_path) {
+Result<std::unique_ptr<Supervisor>> Supervisor::Create(std::string state_dir,
+                                                       std::string monitor_path) {
   if (auto s = MakeDirs(state_dir + "/jobs", 0700); !s) return std::unexpected(s.error());
   std::unique_ptr<Supervisor> sup(new Supervisor(std::move(state_dir), std::move(monitor_path)));
 
@@ -76,7 +79,8 @@ Result<std::unique_ptr<Supervisor>> Supervisor::Create(std::string state_dir, st
   std::vector<Error> skipped;
   auto jobs = sup->table_.LoadAll(&skipped);
   if (!jobs) return std::unexpected(jobs.error());
-  for (const auto& e : skipped) LogWarn("skipping unreadable job record", {{"error", e.ToString()}});
+  for (const auto& e : skipped)
+    LogWarn("skipping unreadable job record", {{"error", e.ToString()}});
   {
     std::lock_guard lock(sup->mu_);
     for (auto& job : *jobs) {
@@ -107,7 +111,8 @@ void Supervisor::Adopt(JobRecord& job) {
     job.exit_code = (*ended)->exit_code;
     job.ended_unix_ms = (*ended)->ended_unix_ms;
     job.pid = 0;
-    LogInfo("job ended while cryod was away", {{"job", job.name}, {"exit_code", std::to_string(*job.exit_code)}});
+    LogInfo("job ended while cryod was away",
+            {{"job", job.name}, {"exit_code", std::to_string(*job.exit_code)}});
   } else if (auto pidfd = OpenPidFd(job.monitor_pid, job.monitor_start_time);
              pidfd && job.state == JobState::kRunning) {
     LogInfo("re-adopted running job", {{"job", job.name}, {"pid", std::to_string(job.pid)}});
@@ -122,7 +127,8 @@ void Supervisor::Adopt(JobRecord& job) {
     LogWarn("job lost: its monitor is gone and left no exit status", {{"job", job.name}});
     if (!job.cgroup.empty()) (void)Cgroup::Adopt(job.cgroup);  // removed if empty
   }
-  if (auto s = table_.Save(job); !s) LogError("cannot save job record", {{"error", s.error().ToString()}});
+  if (auto s = table_.Save(job); !s)
+    LogError("cannot save job record", {{"error", s.error().ToString()}});
 }
 
 void Supervisor::Watch(const JobRecord& job, UniqueFd pidfd) {
@@ -192,7 +198,8 @@ void Supervisor::OnMonitorExit(const std::string& id) {
     LogWarn("job lost: its monitor ended without an exit status", {{"job", job.name}});
   }
   job.pid = 0;
-  if (auto s = table_.Save(job); !s) LogError("cannot save job record", {{"error", s.error().ToString()}});
+  if (auto s = table_.Save(job); !s)
+    LogError("cannot save job record", {{"error", s.error().ToString()}});
   changed_.notify_all();
 }
 
@@ -206,10 +213,12 @@ JobRecord* Supervisor::FindLocked(std::string_view name) {
   return found;
 }
 
-Status Supervisor::CheckAccess(const Caller& caller, const JobRecord& job, std::string_view action) const {
+Status Supervisor::CheckAccess(const Caller& caller, const JobRecord& job,
+                               std::string_view action) const {
   if (caller.is_root() || caller.uid == job.uid) return {};
-  return Fail(ErrorKind::kPermissionDenied, "job '" + job.name + "' belongs to another user; only its owner or root may " +
-                                                std::string(action) + " it");
+  return Fail(ErrorKind::kPermissionDenied,
+              "job '" + job.name + "' belongs to another user; only its owner or root may " +
+                  std::string(action) + " it");
 }
 
 Result<JobRecord> Supervisor::Run(const Caller& caller, const proto::RunRequest& request) {
@@ -221,7 +230,8 @@ Result<JobRecord> Supervisor::Run(const Caller& caller, const proto::RunRequest&
   }
   for (const auto& e : request.env()) {
     if (e.find('=') == std::string::npos || e[0] == '=') {
-      return Fail(ErrorKind::kInvalidArgument, "bad environment entry '" + e + "' (expected KEY=VALUE)");
+      return Fail(ErrorKind::kInvalidArgument,
+                  "bad environment entry '" + e + "' (expected KEY=VALUE)");
     }
   }
   JobRecord job;
@@ -245,12 +255,15 @@ Result<JobRecord> Supervisor::Run(const Caller& caller, const proto::RunRequest&
     std::lock_guard lock(mu_);
     if (JobRecord* old = FindLocked(job.name)) {
       if (IsLive(*old)) {
-        return Fail(ErrorKind::kAlreadyExists, "a job named '" + job.name +
-                                                   "' is already running (choose another --name, or stop it "
-                                                   "with 'cryo kill " + job.name + "')");
+        return Fail(ErrorKind::kAlreadyExists,
+                    "a job named '" + job.name +
+                        "' is already running (choose another --name, or stop it "
+                        "with 'cryo kill " +
+                        job.name + "')");
       }
       if (!caller.is_root() && old->uid != caller.uid) {
-        return Fail(ErrorKind::kAlreadyExists, "the name '" + job.name + "' is taken by another user's job");
+        return Fail(ErrorKind::kAlreadyExists,
+                    "the name '" + job.name + "' is taken by another user's job");
       }
       // A new run replaces the ended job of the same name.
       (void)table_.Remove(old->id);
@@ -260,7 +273,8 @@ Result<JobRecord> Supervisor::Run(const Caller& caller, const proto::RunRequest&
     if (!made) return std::unexpected(made.error().WithContext("start job '" + job.name + "'"));
     cgroup.emplace(std::move(*made));
     job.cgroup = cgroup->path();
-    if (auto s = table_.Create(job); !s) return std::unexpected(s.error().WithContext("start job '" + job.name + "'"));
+    if (auto s = table_.Create(job); !s)
+      return std::unexpected(s.error().WithContext("start job '" + job.name + "'"));
     jobs_[job.id] = job;  // reserves the name
   }
 
@@ -274,11 +288,14 @@ Result<JobRecord> Supervisor::Run(const Caller& caller, const proto::RunRequest&
   auto devnull = OpenFile("/dev/null", O_RDWR);
   auto monitor_log = OpenFile(dir + "/monitor.log", O_WRONLY | O_CREAT | O_APPEND, 0600);
   auto report = MakePipe();
-  if (!devnull || !monitor_log || !report) return forget(Error(ErrorKind::kIo, "cannot prepare the job's files"));
+  if (!devnull || !monitor_log || !report)
+    return forget(Error(ErrorKind::kIo, "cannot prepare the job's files"));
   auto monitor = Spawn({.path = monitor_path_,
                         .argv = {"cryo-monitor", dir},
                         .env = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
-                        .fds = {{0, devnull->get()}, {1, devnull->get()}, {2, monitor_log->get()},
+                        .fds = {{0, devnull->get()},
+                                {1, devnull->get()},
+                                {2, monitor_log->get()},
                                 {3, report->second.get()}}});
   report->second.reset();
   if (!monitor) return forget(monitor.error().WithContext("start job '" + job.name + "'"));
@@ -298,9 +315,12 @@ Result<JobRecord> Supervisor::Run(const Caller& caller, const proto::RunRequest&
 
   std::lock_guard lock(mu_);
   jobs_[job.id] = job;
-  if (auto s = table_.Save(job); !s) LogError("cannot save job record", {{"error", s.error().ToString()}});
+  if (auto s = table_.Save(job); !s)
+    LogError("cannot save job record", {{"error", s.error().ToString()}});
   Watch(job, std::move(monitor->pidfd));
-  LogInfo("job started", {{"job", job.name}, {"uid", std::to_string(job.uid)}, {"pid", std::to_string(job.pid)},
+  LogInfo("job started", {{"job", job.name},
+                          {"uid", std::to_string(job.uid)},
+                          {"pid", std::to_string(job.pid)},
                           {"command", job.argv[0]}});
   return job;
 }
@@ -313,8 +333,9 @@ std::vector<JobRecord> Supervisor::List(const Caller& caller, bool all) {
     if (!all && !IsLive(job)) continue;
     out.push_back(job);
   }
-  std::sort(out.begin(), out.end(),
-            [](const JobRecord& a, const JobRecord& b) { return a.created_unix_ms < b.created_unix_ms; });
+  std::sort(out.begin(), out.end(), [](const JobRecord& a, const JobRecord& b) {
+    return a.created_unix_ms < b.created_unix_ms;
+  });
   return out;
 }
 
@@ -322,7 +343,8 @@ Result<JobRecord> Supervisor::Find(const Caller& caller, std::string_view name) 
   std::lock_guard lock(mu_);
   JobRecord* job = FindLocked(name);
   if (job == nullptr) {
-    return Fail(ErrorKind::kNotFound, "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
+    return Fail(ErrorKind::kNotFound,
+                "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
   }
   if (auto s = CheckAccess(caller, *job, "see"); !s) return std::unexpected(s.error());
   return *job;
@@ -332,7 +354,8 @@ Result<JobRecord> Supervisor::Kill(const Caller& caller, std::string_view name, 
   std::lock_guard lock(mu_);
   JobRecord* job = FindLocked(name);
   if (job == nullptr) {
-    return Fail(ErrorKind::kNotFound, "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
+    return Fail(ErrorKind::kNotFound,
+                "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
   }
   if (auto s = CheckAccess(caller, *job, "signal"); !s) return std::unexpected(s.error());
   if (!IsLive(*job)) {
@@ -340,11 +363,13 @@ Result<JobRecord> Supervisor::Kill(const Caller& caller, std::string_view name, 
                                                     std::string(JobStateName(job->state)) + ")");
   }
   auto pidfd = OpenPidFd(job->init_pid, job->init_start_time);
-  if (!pidfd) return Fail(ErrorKind::kFailedPrecondition, "job '" + job->name + "' is already ending");
+  if (!pidfd)
+    return Fail(ErrorKind::kFailedPrecondition, "job '" + job->name + "' is already ending");
   if (auto s = SignalPidFd(pidfd->get(), signal); !s) {
     return std::unexpected(s.error().WithContext("signal job '" + job->name + "'"));
   }
-  LogInfo("job signalled", {{"job", job->name}, {"signal", std::to_string(signal)},
+  LogInfo("job signalled", {{"job", job->name},
+                            {"signal", std::to_string(signal)},
                             {"by_uid", std::to_string(caller.uid)}});
   return *job;
 }
@@ -353,26 +378,33 @@ Result<JobRecord> Supervisor::Remove(const Caller& caller, std::string_view name
   std::unique_lock lock(mu_);
   JobRecord* job = FindLocked(name);
   if (job == nullptr) {
-    return Fail(ErrorKind::kNotFound, "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
+    return Fail(ErrorKind::kNotFound,
+                "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
   }
   if (auto s = CheckAccess(caller, *job, "remove"); !s) return std::unexpected(s.error());
   std::string id = job->id;
   if (IsLive(*job)) {
     if (!force) {
-      return Fail(ErrorKind::kFailedPrecondition, "job '" + job->name + "' is running; stop it first ('cryo kill " +
-                                                      job->name + "') or use 'cryo rm --force " + job->name + "'");
+      return Fail(ErrorKind::kFailedPrecondition,
+                  "job '" + job->name + "' is running; stop it first ('cryo kill " + job->name +
+                      "') or use 'cryo rm --force " + job->name + "'");
     }
-    if (auto pidfd = OpenPidFd(job->init_pid, job->init_start_time)) (void)SignalPidFd(pidfd->get(), SIGKILL);
+    if (auto pidfd = OpenPidFd(job->init_pid, job->init_start_time))
+      (void)SignalPidFd(pidfd->get(), SIGKILL);
     bool ended = changed_.wait_for(lock, std::chrono::seconds(10), [&] {
       auto it = jobs_.find(id);
       return it == jobs_.end() || !IsLive(it->second);
     });
-    if (!ended) return Fail(ErrorKind::kFailedPrecondition, "job '" + std::string(name) + "' did not end after SIGKILL");
+    if (!ended)
+      return Fail(ErrorKind::kFailedPrecondition,
+                  "job '" + std::string(name) + "' did not end after SIGKILL");
   }
   auto it = jobs_.find(id);
-  if (it == jobs_.end()) return Fail(ErrorKind::kNotFound, "job '" + std::string(name) + "' is already removed");
+  if (it == jobs_.end())
+    return Fail(ErrorKind::kNotFound, "job '" + std::string(name) + "' is already removed");
   JobRecord removed = it->second;
-  if (auto s = table_.Remove(id); !s) return std::unexpected(s.error().WithContext("remove job '" + removed.name + "'"));
+  if (auto s = table_.Remove(id); !s)
+    return std::unexpected(s.error().WithContext("remove job '" + removed.name + "'"));
   jobs_.erase(it);
   LogInfo("job removed", {{"job", removed.name}});
   return removed;

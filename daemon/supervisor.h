@@ -39,7 +39,8 @@ class Supervisor {
   // Loads the job table from `state_dir`, re-adopts jobs whose monitors still
   // run, and records the end of those that ended while cryod was away.
   // `monitor_path` is the cryo-monitor executable.
-  static Result<std::unique_ptr<Supervisor>> Create(std::string state_dir, std::string monitor_path);
+  static Result<std::unique_ptr<Supervisor>> Create(std::string state_dir,
+                                                    std::string monitor_path);
   ~Supervisor();  // stops watching; the jobs themselves keep running
 
   // Starts a job as `caller`. Returns once the program runs (or failed to).
@@ -77,9 +78,9 @@ class Supervisor {
   std::string monitor_path_;
   std::mutex mu_;
   std::condition_variable changed_;
-  std::map<std::string, JobRecord> jobs_;        // by id
-  std::map<int, std::string> watched_;           // pidfd -> job id
-  std::map<std::string, UniqueFd> pidfds_;       // job id -> pidfd of its monitor
+  std::map<std::string, JobRecord> jobs_;   // by id
+  std::map<int, std::string> watched_;      // pidfd -> job id
+  std::map<std::string, UniqueFd> pidfds_;  // job id -> pidfd of its monitor
   UniqueFd epoll_;
   UniqueFd wake_;     // eventfd: stop the watch loop
   UniqueFd sigchld_;  // signalfd: reap children

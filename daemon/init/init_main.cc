@@ -36,9 +36,12 @@ constexpr int kReportFd = 3;
   if (err == ENOENT && std::strchr(program, '/') == nullptr) {
     n = std::snprintf(message, sizeof message, "%d program '%s' not found in PATH", err, program);
   } else {
-    n = std::snprintf(message, sizeof message, "%d %s '%s': %s", err, what, program, std::strerror(err));
+    n = std::snprintf(message, sizeof message, "%d %s '%s': %s", err, what, program,
+                      std::strerror(err));
   }
-  if (n > 0) (void)!::write(kReportFd, message, static_cast<size_t>(n) < sizeof message ? n : sizeof message - 1);
+  if (n > 0)
+    (void)!::write(kReportFd, message,
+                   static_cast<size_t>(n) < sizeof message ? n : sizeof message - 1);
   ::_exit(127);
 }
 

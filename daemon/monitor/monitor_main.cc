@@ -72,8 +72,8 @@ void Report(const nlohmann::json& j) {
   }
   ::setsid();
   UniqueFd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  if (::dup2(devnull.get(), 0) < 0 || ::dup2(p.out_w.get(), 1) < 0 || ::dup2(p.err_w.get(), 2) < 0 ||
-      ::dup2(p.report_w.get(), 3) < 0) {
+  if (::dup2(devnull.get(), 0) < 0 || ::dup2(p.out_w.get(), 1) < 0 ||
+      ::dup2(p.err_w.get(), 2) < 0 || ::dup2(p.report_w.get(), 3) < 0) {
     fail(errno, "set up stdio");
   }
   p.report_w.reset(::fcntl(3, F_DUPFD_CLOEXEC, 4));  // for fail(); fd 3 is cryo-init's
@@ -85,7 +85,7 @@ void Report(const nlohmann::json& j) {
   envp.push_back(nullptr);
 
   // The monitor ignores some signals and blocks SIGCHLD; the job must not inherit that.
-  struct sigaction dfl{};
+  struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
   for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);
   sigset_t none;
@@ -112,7 +112,8 @@ bool Pump(int pipe_fd, LogStream stream, int log_fd) {
   ssize_t n = ::read(pipe_fd, buf, sizeof buf);
   if (n < 0) return errno == EINTR || errno == EAGAIN;
   if (n == 0) return false;
-  (void)WriteAll(log_fd, EncodeLogRecord(stream, UnixNanos(), std::string_view(buf, static_cast<size_t>(n))));
+  (void)WriteAll(
+      log_fd, EncodeLogRecord(stream, UnixNanos(), std::string_view(buf, static_cast<size_t>(n))));
   return true;
 }
 
@@ -145,7 +146,9 @@ int Run(const std::string& job_dir) {
       return 1;
     }
     *pair = std::move(made->first);
-    (pair == &p.out_r ? p.out_w : pair == &p.err_r ? p.err_w : p.report_w) = std::move(made->second);
+    (pair == &p.out_r   ? p.out_w
+     : pair == &p.err_r ? p.err_w
+                        : p.report_w) = std::move(made->second);
   }
   // Take the job's cgroup: this process removes it when the job is over.
   auto cgroup = Cgroup::Adopt(job->cgroup);
@@ -162,7 +165,8 @@ int Run(const std::string& job_dir) {
 
   // The next child is pid 1 of a new PID namespace.
   if (::unshare(CLONE_NEWPID) != 0) {
-    Report({{"errno", errno}, {"error", std::string("unshare(CLONE_NEWPID): ") + std::strerror(errno)}});
+    Report({{"errno", errno},
+            {"error", std::string("unshare(CLONE_NEWPID): ") + std::strerror(errno)}});
     return 1;
   }
   pid_t init = ::fork();
@@ -214,7 +218,8 @@ int Run(const std::string& job_dir) {
     LogError("cannot record the job's exit", {{"job", job->name}, {"error", s.error().ToString()}});
   }
   if (auto s = cgroup->Remove(); !s) {
-    LogWarn("cannot remove the job's cgroup", {{"job", job->name}, {"error", s.error().ToString()}});
+    LogWarn("cannot remove the job's cgroup",
+            {{"job", job->name}, {"error", s.error().ToString()}});
   }
   return 0;
 }

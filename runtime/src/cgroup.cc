@@ -40,7 +40,8 @@ Result<std::pair<std::string, Cgroup::Version>> Base() {
 Result<Cgroup> Cgroup::Create(std::string_view name) {
   auto base = Base();
   if (!base) return std::unexpected(base.error());
-  if (::mkdir(base->first.c_str(), 0755) != 0 && errno != EEXIST) return SysFail("mkdir " + base->first);
+  if (::mkdir(base->first.c_str(), 0755) != 0 && errno != EEXIST)
+    return SysFail("mkdir " + base->first);
   std::string path = base->first + "/" + std::string(name);
   if (::mkdir(path.c_str(), 0755) != 0) return SysFail("create cgroup " + path);
   return Cgroup(path, base->second);

@@ -13,7 +13,8 @@ namespace {
 
 std::string_view Trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r')) s.remove_suffix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t' || s.back() == '\r'))
+    s.remove_suffix(1);
   return s;
 }
 
@@ -24,10 +25,8 @@ struct Key {
 };
 
 constexpr Key kKeys[] = {
-    {"state_dir", &DaemonConfig::state_dir, true},
-    {"socket", &DaemonConfig::socket_path, true},
-    {"store", &DaemonConfig::store_url, false},
-    {"criu", &DaemonConfig::criu_path, true},
+    {"state_dir", &DaemonConfig::state_dir, true},  {"socket", &DaemonConfig::socket_path, true},
+    {"store", &DaemonConfig::store_url, false},     {"criu", &DaemonConfig::criu_path, true},
     {"log_level", &DaemonConfig::log_level, false},
 };
 

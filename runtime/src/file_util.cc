@@ -75,7 +75,8 @@ Status WriteFileAtomic(const std::string& path, std::string_view data, mode_t mo
   if (auto w = WriteAll(fd->get(), data); !w) return cleanup(w.error().WithContext(tmp));
   if (::fsync(fd->get()) != 0) return cleanup(SysFail("fsync " + tmp).error());
   fd->reset();
-  if (::rename(tmp.c_str(), path.c_str()) != 0) return cleanup(SysFail("rename to " + path).error());
+  if (::rename(tmp.c_str(), path.c_str()) != 0)
+    return cleanup(SysFail("rename to " + path).error());
   std::string dir = std::filesystem::path(path).parent_path().string();
   auto dfd = OpenFile(dir.empty() ? "." : dir, O_RDONLY | O_DIRECTORY);
   if (!dfd) return std::unexpected(dfd.error());

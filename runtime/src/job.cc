@@ -87,7 +87,8 @@ Result<JobRecord> DecodeJobRecord(std::string_view text) {
     job.created_unix_ms = j.at("created_unix_ms").get<int64_t>();
     job.ended_unix_ms = j.at("ended_unix_ms").get<int64_t>();
     auto state = StateFromName(j.at("state").get<std::string>());
-    if (!state) return Fail(ErrorKind::kCorrupt, "job record has unknown state " + j.at("state").dump());
+    if (!state)
+      return Fail(ErrorKind::kCorrupt, "job record has unknown state " + j.at("state").dump());
     job.state = *state;
     job.cgroup = j.at("cgroup").get<std::string>();
     job.monitor_pid = j.at("monitor_pid").get<pid_t>();
@@ -96,7 +97,8 @@ Result<JobRecord> DecodeJobRecord(std::string_view text) {
     job.init_start_time = j.at("init_start_time").get<uint64_t>();
     job.pid = j.at("pid").get<pid_t>();
     if (j.contains("exit_code")) job.exit_code = j.at("exit_code").get<int>();
-    if (job.id.empty() || job.name.empty()) return Fail(ErrorKind::kCorrupt, "job record lacks id or name");
+    if (job.id.empty() || job.name.empty())
+      return Fail(ErrorKind::kCorrupt, "job record lacks id or name");
     return job;
   } catch (const json::exception& e) {
     return Fail(ErrorKind::kCorrupt, std::string("job record: ") + e.what());

@@ -32,9 +32,11 @@ Result<std::optional<LogRecord>> LogReader::Next() {
   std::memcpy(&ns, header + 8, 8);
   len = le32toh(len);
   if ((stream != 1 && stream != 2) || len > kMaxLogRecordBytes) {
-    return Fail(ErrorKind::kCorrupt, "job log has a bad record at offset " + std::to_string(offset_));
+    return Fail(ErrorKind::kCorrupt,
+                "job log has a bad record at offset " + std::to_string(offset_));
   }
-  LogRecord rec{static_cast<LogStream>(stream), static_cast<int64_t>(le64toh(ns)), std::string(len, '\0')};
+  LogRecord rec{static_cast<LogStream>(stream), static_cast<int64_t>(le64toh(ns)),
+                std::string(len, '\0')};
   n = ::pread(fd_.get(), rec.data.data(), len, static_cast<off_t>(offset_ + sizeof header));
   if (n < 0) return SysFail("read job log");
   if (static_cast<size_t>(n) < len) return std::nullopt;

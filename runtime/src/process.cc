@@ -2,9 +2,9 @@
 #include "cryo/process.h"
 
 #include <dirent.h>
-#include <signal.h>
 #include <fcntl.h>
 #include <linux/sched.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -22,8 +22,10 @@ Result<uint64_t> ProcessStartTime(pid_t pid) {
   if (!stat) return std::unexpected(stat.error());
   // Field 2 (comm) may hold spaces and parentheses: count from the last ')'.
   size_t pos = stat->rfind(')');
-  if (pos == std::string::npos) return Fail(ErrorKind::kCorrupt, "bad /proc stat for " + std::to_string(pid));
+  if (pos == std::string::npos)
+    return Fail(ErrorKind::kCorrupt, "bad /proc stat for " + std::to_string(pid));
   // After ") " come fields 3, 4, ...; starttime is field 22.
+  if (pos + 2 > stat->size()) return Fail(ErrorKind::kCorrupt, "short /proc stat");
   std::string_view rest = std::string_view(*stat).substr(pos + 2);
   for (int field = 3; field < 22; ++field) {
     size_t sp = rest.find(' ');
@@ -105,8 +107,20 @@ Result<Spawned> Spawn(const SpawnOptions& options) {
   std::vector<char*> envp;
   for (const auto& e : options.env) envp.push_back(const_cast<char*>(e.c_str()));
   envp.push_back(nullptr);
+  constexpr size_t kMaxFds = 64;
+  if (options.fds.size() > kMaxFds) {
+    return Fail(ErrorKind::kInvalidArgument, "too many fds for " + options.path);
+  }
   int max_target = -1;
-  for (const auto& [target, source] : options.fds) max_target = std::max(max_target, target);
+  bool is_target[kMaxFds + 1] = {};
+  for (const auto& [target, source] : options.fds) {
+    if (target < 0 || target > static_cast<int>(kMaxFds)) {
+      return Fail(ErrorKind::kInvalidArgument,
+                  "child fd " + std::to_string(target) + " out of range");
+    }
+    max_target = std::max(max_target, target);
+    is_target[target] = true;
+  }
 
   auto error_pipe = MakePipe();
   if (!error_pipe) return std::unexpected(error_pipe.error());
@@ -126,8 +140,8 @@ Result<Spawned> Spawn(const SpawnOptions& options) {
     int floor = std::max(max_target + 1, 3) + 1;
     efd = ::fcntl(efd, F_DUPFD_CLOEXEC, floor);
     if (efd < 0) ::_exit(127);
-    int moved[64];
-    size_t n = options.fds.size() < 64 ? options.fds.size() : 64;
+    int moved[kMaxFds];
+    size_t n = options.fds.size();
     for (size_t i = 0; i < n; ++i) {
       moved[i] = ::fcntl(options.fds[i].second, F_DUPFD_CLOEXEC, floor);
       if (moved[i] < 0) ChildFail(efd, errno);
@@ -136,9 +150,12 @@ Result<Spawned> Spawn(const SpawnOptions& options) {
       if (::dup2(moved[i], options.fds[i].first) < 0) ChildFail(efd, errno);
     }
     // Close everything else except the error pipe (closed by exec itself).
+    for (int fd = 0; fd <= max_target; ++fd) {
+      if (!is_target[fd]) ::close(fd);
+    }
     if (max_target + 1 < efd) ::close_range(static_cast<unsigned>(max_target + 1), efd - 1, 0);
     ::close_range(static_cast<unsigned>(efd + 1), ~0U, 0);
-    struct sigaction dfl{};
+    struct sigaction dfl {};
     dfl.sa_handler = SIG_DFL;
     for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);
     sigset_t none;
@@ -150,7 +167,8 @@ Result<Spawned> Spawn(const SpawnOptions& options) {
   UniqueFd owned_pidfd(pidfd);
   error_w.reset();
   int child_errno = 0;
-  auto got = ReadFull(error_r.get(), std::span(reinterpret_cast<char*>(&child_errno), sizeof child_errno));
+  auto got =
+      ReadFull(error_r.get(), std::span(reinterpret_cast<char*>(&child_errno), sizeof child_errno));
   if (got && *got == sizeof child_errno) {
     int status;
     ::waitpid(static_cast<pid_t>(pid), &status, 0);

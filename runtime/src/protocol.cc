@@ -30,7 +30,8 @@ Result<bool> ReadFrame(int fd, google::protobuf::MessageLite* message) {
   std::memcpy(&len, header, sizeof len);
   len = le32toh(len);
   if (len > kMaxFrameBytes) {
-    return Fail(ErrorKind::kCorrupt, "frame of " + std::to_string(len) + " bytes exceeds the limit");
+    return Fail(ErrorKind::kCorrupt,
+                "frame of " + std::to_string(len) + " bytes exceeds the limit");
   }
   std::string body(len, '\0');
   n = ReadFull(fd, body);

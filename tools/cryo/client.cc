@@ -22,17 +22,19 @@ std::string Globals::SocketPath() const {
 Result<UniqueFd> Connect(const Globals& globals) {
   std::string path = globals.SocketPath();
   sockaddr_un addr{};
-  if (path.size() >= sizeof addr.sun_path) return Fail(ErrorKind::kInvalidArgument, "socket path too long: " + path);
+  if (path.size() >= sizeof addr.sun_path)
+    return Fail(ErrorKind::kInvalidArgument, "socket path too long: " + path);
   addr.sun_family = AF_UNIX;
   std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return SysFail("socket");
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     int err = errno;
-    return std::unexpected(Error(ErrorKind::kUnavailable,
-                                 "cannot reach cryod at " + path + " (" + std::strerror(err) +
-                                     "); start it with 'sudo cryod', or point CRYO_SOCKET or --socket at "
-                                     "the socket of a running one"));
+    return std::unexpected(
+        Error(ErrorKind::kUnavailable,
+              "cannot reach cryod at " + path + " (" + std::strerror(err) +
+                  "); start it with 'sudo cryod', or point CRYO_SOCKET or --socket at "
+                  "the socket of a running one"));
   }
   return fd;
 }
@@ -41,7 +43,8 @@ Result<UniqueFd> Send(const Globals& globals, proto::Request request) {
   auto fd = Connect(globals);
   if (!fd) return fd;
   request.set_protocol_version(kProtocolVersion);
-  if (auto s = WriteFrame(fd->get(), request); !s) return std::unexpected(s.error().WithContext("send to cryod"));
+  if (auto s = WriteFrame(fd->get(), request); !s)
+    return std::unexpected(s.error().WithContext("send to cryod"));
   return fd;
 }
 

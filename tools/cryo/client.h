@@ -8,8 +8,8 @@
 #include <string>
 
 #include "cryo/daemon.pb.h"
-#include "cryo/protocol.h"
 #include "cryo/error.h"
+#include "cryo/protocol.h"
 #include "cryo/unique_fd.h"
 
 namespace cryo::cli {

@@ -31,7 +31,8 @@ Result<int> ParseSignal(std::string_view text) {
       if (abbrev != nullptr && name == abbrev) return sig;
     }
   }
-  return Fail(ErrorKind::kInvalidArgument, "unknown signal '" + std::string(text) + "' (try TERM, INT, KILL or a number)");
+  return Fail(ErrorKind::kInvalidArgument,
+              "unknown signal '" + std::string(text) + "' (try TERM, INT, KILL or a number)");
 }
 
 int Kill(const Globals& globals, const KillOptions& opts) {
@@ -49,7 +50,8 @@ int Kill(const Globals& globals, const KillOptions& opts) {
 
 Command RegisterKill(CLI::App& app, const Globals& globals) {
   auto opts = std::make_shared<KillOptions>();
-  auto* sub = app.add_subcommand("kill", "Send a signal to a job (default TERM; KILL ends its whole tree)");
+  auto* sub =
+      app.add_subcommand("kill", "Send a signal to a job (default TERM; KILL ends its whole tree)");
   sub->add_option("-s,--signal", opts->signal, "signal name or number");
   sub->add_option("name", opts->name, "the job")->required();
   return [&globals, opts] { return Kill(globals, *opts); };

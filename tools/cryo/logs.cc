@@ -34,7 +34,8 @@ int Logs(const Globals& globals, const LogsOptions& opts) {
 
 Command RegisterLogs(CLI::App& app, const Globals& globals) {
   auto opts = std::make_shared<LogsOptions>();
-  auto* sub = app.add_subcommand("logs", "Print a job's output (stdout to stdout, stderr to stderr)");
+  auto* sub =
+      app.add_subcommand("logs", "Print a job's output (stdout to stdout, stderr to stderr)");
   sub->add_flag("-f,--follow", opts->follow, "keep printing until the job ends");
   sub->add_option("name", opts->name, "the job")->required();
   return [&globals, opts] { return Logs(globals, *opts); };

@@ -17,7 +17,8 @@ int RealMain(int argc, char** argv) {
   CLI::App app{"cryo: checkpoint and restore unmodified Linux programs"};
   app.require_subcommand(1);
   Globals globals;
-  app.add_option("--socket", globals.socket, "cryod's socket (default $CRYO_SOCKET or /run/cryo/cryod.sock)");
+  app.add_option("--socket", globals.socket,
+                 "cryod's socket (default $CRYO_SOCKET or /run/cryo/cryod.sock)");
   std::vector<std::pair<CLI::App*, Command>> commands;
   for (Registrar reg : kCommands) {
     size_t before = app.get_subcommands({}).size();

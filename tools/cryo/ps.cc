@@ -69,7 +69,8 @@ nlohmann::json ToJson(const proto::JobInfo& job) {
       {"cwd", job.cwd()},
   };
   j["exit_code"] = job.has_exit_code() ? nlohmann::json(job.exit_code()) : nlohmann::json(nullptr);
-  j["ended_unix_ms"] = job.ended_unix_ms() != 0 ? nlohmann::json(job.ended_unix_ms()) : nlohmann::json(nullptr);
+  j["ended_unix_ms"] =
+      job.ended_unix_ms() != 0 ? nlohmann::json(job.ended_unix_ms()) : nlohmann::json(nullptr);
   return j;
 }
 
@@ -85,14 +86,16 @@ int Ps(const Globals& globals, const PsOptions& opts) {
     std::cout << out.dump(2) << "\n";
     return kExitOk;
   }
-  std::cout << std::left << std::setw(20) << "NAME" << std::setw(14) << "STATE" << std::setw(9) << "PID"
-            << std::setw(10) << "OWNER" << std::setw(21) << "CREATED" << "COMMAND\n";
+  std::cout << std::left << std::setw(20) << "NAME" << std::setw(14) << "STATE" << std::setw(9)
+            << "PID" << std::setw(10) << "OWNER" << std::setw(21) << "CREATED"
+            << "COMMAND\n";
   for (const auto& job : jobs) {
     std::string state = StateText(job);
     if (job.has_exit_code()) state += " (" + std::to_string(job.exit_code()) + ")";
     std::cout << std::setw(20) << job.name() << std::setw(14) << state << std::setw(9)
-              << (job.pid() != 0 ? std::to_string(job.pid()) : "-") << std::setw(10) << OwnerName(job.uid())
-              << std::setw(21) << LocalTime(job.created_unix_ms()) << CommandLine(job) << "\n";
+              << (job.pid() != 0 ? std::to_string(job.pid()) : "-") << std::setw(10)
+              << OwnerName(job.uid()) << std::setw(21) << LocalTime(job.created_unix_ms())
+              << CommandLine(job) << "\n";
   }
   return kExitOk;
 }

@@ -63,12 +63,14 @@ void ForwardSignals(const Globals& globals, const std::string& name) {
 int Run(const Globals& globals, const RunOptions& opts) {
   for (const auto& kv : opts.env) {
     if (kv.find('=') == std::string::npos || kv[0] == '=') {
-      return ReportError("run", Error(ErrorKind::kInvalidArgument, "--env wants KEY=VALUE, not '" + kv + "'"));
+      return ReportError(
+          "run", Error(ErrorKind::kInvalidArgument, "--env wants KEY=VALUE, not '" + kv + "'"));
     }
   }
   std::error_code ec;
   auto cwd = std::filesystem::current_path(ec);
-  if (ec) return RunExitCode(Error(ErrorKind::kIo, "cannot read the current directory", ec.value()));
+  if (ec)
+    return RunExitCode(Error(ErrorKind::kIo, "cannot read the current directory", ec.value()));
   proto::Request req;
   auto* run = req.mutable_run();
   run->set_name(opts.name);
@@ -93,8 +95,8 @@ int Run(const Globals& globals, const RunOptions& opts) {
   for (;;) {
     auto r = Receive(fd->get());
     if (!r) {
-      ReportError("run", r.error().WithContext("lost the job's output; '" + name + "' may still run (cryo logs -f " +
-                                                name + ")"));
+      ReportError("run", r.error().WithContext("lost the job's output; '" + name +
+                                               "' may still run (cryo logs -f " + name + ")"));
       return kExitRunFailed;
     }
     if (r->has_output()) {

@@ -48,7 +48,7 @@ struct JobRecord {
   uint64_t monitor_start_time = 0;
   pid_t init_pid = 0;
   uint64_t init_start_time = 0;
-  pid_t pid = 0;  // the program
+  pid_t pid = 0;                 // the program
   std::optional<int> exit_code;  // 128+N for death by signal N
 };
 
