@@ -119,16 +119,27 @@ void Supervisor::Adopt(JobRecord& job) {
     Watch(job, std::move(*pidfd));
     return;
   } else {
-    // Its monitor is gone without a word (or cryod died while starting it):
-    // say so rather than pretend.
-    job.state = JobState::kLost;
-    job.ended_unix_ms = UnixMillis();
-    job.pid = 0;
-    LogWarn("job lost: its monitor is gone and left no exit status", {{"job", job.name}});
-    if (!job.cgroup.empty()) (void)Cgroup::Adopt(job.cgroup);  // removed if empty
+    // Its monitor is gone without a word (or cryod died while starting it).
+    MarkLost(job);
   }
   if (auto s = table_.Save(job); !s)
     LogError("cannot save job record", {{"error", s.error().ToString()}});
+}
+
+void Supervisor::MarkLost(JobRecord& job) {
+  // Nobody holds the job's output pipes or can learn its exit status any
+  // more: say so rather than pretend, and leave no unsupervised processes.
+  job.state = JobState::kLost;
+  job.ended_unix_ms = UnixMillis();
+  job.pid = 0;
+  LogWarn("job lost: its monitor is gone and left no exit status; ending what remains of it",
+          {{"job", job.name}});
+  if (job.cgroup.empty()) return;
+  if (auto cgroup = Cgroup::Adopt(job.cgroup)) {
+    if (auto s = cgroup->KillAndRemove(); !s) {
+      LogError("cannot end a lost job", {{"job", job.name}, {"error", s.error().ToString()}});
+    }
+  }
 }
 
 void Supervisor::Watch(const JobRecord& job, UniqueFd pidfd) {
@@ -193,9 +204,7 @@ void Supervisor::OnMonitorExit(const std::string& id) {
     job.ended_unix_ms = (*ended)->ended_unix_ms;
     LogInfo("job exited", {{"job", job.name}, {"exit_code", std::to_string(*job.exit_code)}});
   } else {
-    job.state = JobState::kLost;
-    job.ended_unix_ms = UnixMillis();
-    LogWarn("job lost: its monitor ended without an exit status", {{"job", job.name}});
+    MarkLost(job);
   }
   job.pid = 0;
   if (auto s = table_.Save(job); !s)

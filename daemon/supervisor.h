@@ -66,6 +66,7 @@ class Supervisor {
  private:
   Supervisor(std::string state_dir, std::string monitor_path);
   void Adopt(JobRecord& job);
+  void MarkLost(JobRecord& job);
   void Watch(const JobRecord& job, UniqueFd pidfd);
   void WatchLoop();
   void OnMonitorExit(const std::string& id);

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "cryo/cgroup.h"
 
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -94,6 +95,13 @@ Status Cgroup::Remove() {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return SysFail("remove cgroup " + path_);
+}
+
+Status Cgroup::KillAndRemove() {
+  auto pids = Pids();
+  if (!pids) return std::unexpected(pids.error());
+  for (pid_t pid : *pids) ::kill(pid, SIGKILL);
+  return Remove();
 }
 
 std::string Cgroup::Release() { return std::exchange(path_, std::string()); }

@@ -166,6 +166,10 @@ Cryod::Cryod() {
   chmod(dir_.c_str(), 0755);  // other uids must reach the socket
   state_dir_ = dir_ + "/state";
   socket_ = dir_ + "/cryod.sock";
+  // Other uids run a copy of cryo from here: the checkout may sit in a
+  // directory only root can enter.
+  std::filesystem::copy_file(CryoBinary(), dir_ + "/cryo");
+  chmod((dir_ + "/cryo").c_str(), 0755);
   Start();
 }
 
@@ -197,6 +201,8 @@ void Cryod::Kill9() {
   waitpid(pid_, nullptr, 0);
   pid_ = -1;
 }
+
+std::string Cryod::Scratch() const { return dir_; }
 
 std::string Cryod::DaemonLog() const { return Slurp(dir_ + "/cryod.log"); }
 

@@ -72,6 +72,8 @@ class Cryod {
   const std::string& socket() const { return socket_; }
   const std::string& state_dir() const { return state_dir_; }
   std::string DaemonLog() const;
+  // A directory (0755) that lives as long as this object.
+  std::string Scratch() const;
 
   // Runs `cryo ARGS...` against this daemon.
   CommandResult Cryo(const std::vector<std::string>& args,

@@ -320,6 +320,57 @@ TEST(Jobs, NewRunReplacesAnEndedJobOfTheSameName) {
   EXPECT_EQ(d.Ps().size(), 1u);
 }
 
+TEST(Jobs, JobWhoseMonitorVanishesIsReportedLostAndEnded) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "orphaned", "--", "sleep", "1000"}).exit_code, 0);
+  pid_t pid = d.Job("orphaned")["pid"];
+  auto record = nlohmann::json::parse(ReadFile(
+      d.state_dir() + "/jobs/" + d.Job("orphaned")["id"].get<std::string>() + "/job.json"));
+  ASSERT_EQ(kill(record["monitor_pid"].get<pid_t>(), SIGKILL), 0);
+  EXPECT_TRUE(WaitUntil([&] { return StateOf(d, "orphaned") == "lost"; }))
+      << StateOf(d, "orphaned");
+  EXPECT_EQ(d.Job("orphaned")["pid"], 0);
+  EXPECT_TRUE(WaitUntil([&] { return kill(pid, 0) != 0; }))
+      << "an unsupervised job was left running";
+}
+
+TEST(Daemon, ClientFindsDaemonThroughSocketFlag) {
+  Cryod d;
+  auto r = RunCommand({CryoBinary(), "--socket", d.socket(), "run", "--", "echo", "via flag"},
+                      {.env = {"CRYO_SOCKET=/nonexistent.sock"}});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "via flag\n");
+}
+
+TEST(Daemon, ConfigFileSetsStateDirectoryAndSocket) {
+  Cryod scratch;  // only for its directory
+  std::string dir = scratch.Scratch() + "/configured";
+  std::filesystem::create_directory(dir);
+  chmod(dir.c_str(), 0755);
+  std::string config = dir + "/cryod.conf";
+  std::ofstream(config) << "# a test configuration\nstate_dir = " << dir
+                        << "/state\nsocket = " << dir << "/sock\nlog_level = debug\n";
+  chmod(config.c_str(), 0644);
+  BackgroundCommand cryod({CryodBinary(), "--config", config});
+  CommandOptions via_config{.env = {"CRYO_SOCKET=" + dir + "/sock"}};
+  ASSERT_TRUE(WaitUntil([&] {
+    return RunCommand({CryoBinary(), "ps"}, via_config).exit_code == 0;
+  }));
+  auto r = RunCommand({CryoBinary(), "run", "--name", "configured", "--", "true"}, via_config);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(std::filesystem::exists(dir + "/state/jobs"));
+  EXPECT_TRUE(std::filesystem::exists(dir + "/state/store"));
+  cryod.Signal(SIGTERM);
+  EXPECT_EQ(cryod.Finish(seconds(10)).exit_code, 0);
+
+  // A config file others may write is refused: it names what runs as root.
+  chmod(config.c_str(), 0666);
+  auto refused = RunCommand({CryodBinary(), "--config", config});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("must be owned by root and writable only by root"), std::string::npos)
+      << refused.err;
+}
+
 TEST(BadInput, UnknownJobIsNamedInTheError) {
   Cryod d;
   for (const auto& cmd : std::vector<std::vector<std::string>>{

@@ -38,6 +38,8 @@ class Cgroup {
   Result<std::vector<pid_t>> Pids() const;
   // Removes the directory, waiting up to ~1 s for the last processes to leave.
   Status Remove();
+  // SIGKILLs every process in the cgroup, then removes it.
+  Status KillAndRemove();
   // Gives up ownership: the directory outlives this object.
   std::string Release();
 
