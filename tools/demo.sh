@@ -51,4 +51,4 @@ sleep 0.3
 step "cryo ps --all"
 cryo ps --all
 echo
-echo "demo finished: cryod stops now; its log was $work/cryod.log"
+echo "demo finished: cryod stops and its scratch directory $work is removed"
