@@ -12,9 +12,12 @@
 #include <iostream>
 #include <thread>
 
+#include "checkpoints.h"
 #include "cryo/config.h"
 #include "cryo/file_util.h"
+#include "cryo/image_store.h"
 #include "cryo/log.h"
+#include "registry.h"
 #include "server.h"
 #include "supervisor.h"
 
@@ -70,15 +73,6 @@ Result<std::string> FindHelper(std::string_view name) {
   return path;
 }
 
-Status PrepareStore(const std::string& url) {
-  constexpr std::string_view kFile = "file://";
-  if (!url.starts_with(kFile) || url.size() <= kFile.size() || url[kFile.size()] != '/') {
-    return Fail(ErrorKind::kInvalidArgument,
-                "unsupported store '" + url + "' (this build knows file:///absolute/path)");
-  }
-  return MakeDirs(url.substr(kFile.size()), 0700);
-}
-
 int RealMain(int argc, char** argv) {
   CLI::App app{"cryod: the cryo daemon (runs as root)"};
   Flags flags;
@@ -108,8 +102,14 @@ int RealMain(int argc, char** argv) {
     return 1;
   }
   ::chmod(config->state_dir.c_str(), 0700);
-  if (auto s = PrepareStore(config->EffectiveStoreUrl()); !s) {
-    LogError("cannot use the store", {{"error", s.error().ToString()}});
+  auto store = OpenStore(config->EffectiveStoreUrl());
+  if (!store) {
+    LogError("cannot use the store", {{"error", store.error().ToString()}});
+    return 1;
+  }
+  auto key = Key::LoadOrCreate(config->state_dir + "/key");
+  if (!key) {
+    LogError("cannot use the key file", {{"error", key.error().ToString()}});
     return 1;
   }
   if (::access(config->criu_path.c_str(), X_OK) != 0) {
@@ -138,7 +138,9 @@ int RealMain(int argc, char** argv) {
     LogError("cannot load the job table", {{"error", supervisor.error().ToString()}});
     return 1;
   }
-  auto server = ControlServer::Listen(config->socket_path, **supervisor);
+  CheckpointService checkpoints(**supervisor, std::move(*store), *key,
+                                {.state_dir = config->state_dir, .criu_path = config->criu_path});
+  auto server = ControlServer::Listen(config->socket_path, **supervisor, checkpoints);
   if (!server) {
     LogError("cannot listen", {{"error", server.error().ToString()}});
     return 1;

@@ -29,6 +29,7 @@ struct Session {
   int fd;
   Caller caller;
   Supervisor& supervisor;
+  CheckpointService& checkpoints;
 
   void Send(const proto::Response& r) const {
     if (auto s = WriteFrame(fd, r); !s)
@@ -47,6 +48,8 @@ proto::JobState StateToProto(JobState s) {
       return proto::JOB_STATE_EXITED;
     case JobState::kLost:
       return proto::JOB_STATE_LOST;
+    case JobState::kCheckpointed:
+      return proto::JOB_STATE_CHECKPOINTED;
   }
   return proto::JOB_STATE_UNSPECIFIED;
 }
@@ -64,6 +67,27 @@ void ToProto(const JobRecord& job, proto::JobInfo* out) {
   out->set_has_exit_code(job.exit_code.has_value());
   out->set_exit_code(job.exit_code.value_or(0));
   out->set_cwd(job.cwd);
+  out->set_restored_from(job.restored_from);
+  out->set_last_checkpoint(job.last_checkpoint);
+}
+
+void ToProto(const Manifest& m, bool latest, proto::CheckpointInfo* out) {
+  out->set_id(m.id);
+  out->set_job(m.job);
+  out->set_parent(m.parent);
+  out->set_created_unix_ms(m.created_unix_ms);
+  out->set_bytes(m.image_bytes);
+  out->set_stored_bytes(m.stored_bytes);
+  out->set_uid(m.uid);
+  for (const auto& [phase, ms] : m.phases) (*out->mutable_phases_ms())[phase] = ms;
+  for (const auto& a : m.argv) out->add_argv(a);
+  out->set_latest(latest);
+}
+
+proto::Response CheckpointResponse(const Session& s, const Manifest& m) {
+  proto::Response r;
+  ToProto(m, s.checkpoints.IsLatest(m), r.mutable_checkpoint());
+  return r;
 }
 
 proto::Response JobResponse(const JobRecord& job) {
@@ -96,8 +120,11 @@ void HandleRun(const Session& s, const proto::Request& req) {
 
 void HandlePs(const Session& s, const proto::Request& req) {
   proto::Response r;
-  for (const auto& job : s.supervisor.List(s.caller, req.ps().all()))
-    ToProto(job, r.mutable_jobs()->add_jobs());
+  for (const auto& job : s.supervisor.List(s.caller, req.ps().all())) {
+    auto* info = r.mutable_jobs()->add_jobs();
+    ToProto(job, info);
+    if (s.supervisor.IsCheckpointing(job.id)) info->set_state(proto::JOB_STATE_CHECKPOINTING);
+  }
   s.Send(r);
 }
 
@@ -127,15 +154,61 @@ void HandleRemove(const Session& s, const proto::Request& req) {
   s.Send(JobResponse(*job));
 }
 
+void HandleCheckpoint(const Session& s, const proto::Request& req) {
+  auto m = s.checkpoints.Checkpoint(s.caller, req.checkpoint().name(), req.checkpoint().stop());
+  if (!m) return s.SendError(m.error());
+  s.Send(CheckpointResponse(s, *m));
+}
+
+void HandleRestore(const Session& s, const proto::Request& req) {
+  auto job = s.checkpoints.Restore(s.caller, req.restore().ref(), req.restore().name());
+  if (!job) return s.SendError(job.error());
+  if (!req.restore().attach()) return s.Send(JobResponse(*job));
+  proto::Response started;
+  ToProto(*job, started.mutable_started()->mutable_job());
+  s.Send(started);
+  FollowToEnd(s, *job);
+}
+
+void HandleCheckpoints(const Session& s, const proto::Request& req) {
+  auto list = s.checkpoints.List(s.caller, req.checkpoints().job());
+  if (!list) return s.SendError(list.error());
+  proto::Response r;
+  for (const auto& m : *list)
+    ToProto(m, s.checkpoints.IsLatest(m), r.mutable_checkpoints()->add_checkpoints());
+  s.Send(r);
+}
+
+void HandleVerify(const Session& s, const proto::Request& req) {
+  auto m = s.checkpoints.Verify(s.caller, req.verify().ref());
+  if (!m) return s.SendError(m.error());
+  s.Send(CheckpointResponse(s, *m));
+}
+
+void HandleRemoveCheckpoint(const Session& s, const proto::Request& req) {
+  auto m = s.checkpoints.Remove(s.caller, req.remove_checkpoint().ref());
+  if (!m) return s.SendError(m.error());
+  proto::Response r;
+  ToProto(*m, false, r.mutable_checkpoint());
+  s.Send(r);
+}
+
 using Handler = void (*)(const Session&, const proto::Request&);
 struct Route {
   proto::Request::BodyCase body;
   Handler handler;
 };
 constexpr Route kRoutes[] = {
-    {proto::Request::kRun, HandleRun},       {proto::Request::kPs, HandlePs},
-    {proto::Request::kLogs, HandleLogs},     {proto::Request::kKill, HandleKill},
+    {proto::Request::kRun, HandleRun},
+    {proto::Request::kPs, HandlePs},
+    {proto::Request::kLogs, HandleLogs},
+    {proto::Request::kKill, HandleKill},
     {proto::Request::kRemove, HandleRemove},
+    {proto::Request::kCheckpoint, HandleCheckpoint},
+    {proto::Request::kRestore, HandleRestore},
+    {proto::Request::kCheckpoints, HandleCheckpoints},
+    {proto::Request::kVerify, HandleVerify},
+    {proto::Request::kRemoveCheckpoint, HandleRemoveCheckpoint},
 };
 
 Result<Caller> PeerCaller(int fd) {
@@ -162,13 +235,13 @@ void SetTimeout(int fd, int option, int seconds) {
   ::setsockopt(fd, SOL_SOCKET, option, &tv, sizeof tv);
 }
 
-void ServeClient(UniqueFd fd, Supervisor& supervisor) {
+void ServeClient(UniqueFd fd, Supervisor& supervisor, CheckpointService& checkpoints) {
   auto caller = PeerCaller(fd.get());
   if (!caller) {
     LogWarn("cannot identify client", {{"error", caller.error().ToString()}});
     return;
   }
-  Session s{fd.get(), *caller, supervisor};
+  Session s{fd.get(), *caller, supervisor, checkpoints};
   SetTimeout(fd.get(), SO_RCVTIMEO, kRequestTimeoutSeconds);
   SetTimeout(fd.get(), SO_SNDTIMEO, kSendTimeoutSeconds);
   proto::Request req;
@@ -203,16 +276,19 @@ bool Answers(const std::string& path) {
 
 }  // namespace
 
-ControlServer::ControlServer(std::string path, UniqueFd listener, Supervisor& supervisor)
+ControlServer::ControlServer(std::string path, UniqueFd listener, Supervisor& supervisor,
+                             CheckpointService& checkpoints)
     : path_(std::move(path)),
       listener_(std::move(listener)),
       wake_(::eventfd(0, EFD_CLOEXEC)),
-      supervisor_(supervisor) {}
+      supervisor_(supervisor),
+      checkpoints_(checkpoints) {}
 
 ControlServer::~ControlServer() { Stop(); }
 
 Result<std::unique_ptr<ControlServer>> ControlServer::Listen(const std::string& socket_path,
-                                                             Supervisor& supervisor) {
+                                                             Supervisor& supervisor,
+                                                             CheckpointService& checkpoints) {
   sockaddr_un addr{};
   if (socket_path.size() >= sizeof addr.sun_path) {
     return Fail(ErrorKind::kInvalidArgument, "socket path too long: " + socket_path);
@@ -231,7 +307,8 @@ Result<std::unique_ptr<ControlServer>> ControlServer::Listen(const std::string& 
     return SysFail("bind " + socket_path);
   if (::chmod(socket_path.c_str(), 0666) != 0) return SysFail("chmod " + socket_path);
   if (::listen(fd.get(), 64) != 0) return SysFail("listen " + socket_path);
-  return std::unique_ptr<ControlServer>(new ControlServer(socket_path, std::move(fd), supervisor));
+  return std::unique_ptr<ControlServer>(
+      new ControlServer(socket_path, std::move(fd), supervisor, checkpoints));
 }
 
 void ControlServer::Serve() {
@@ -241,8 +318,8 @@ void ControlServer::Serve() {
     if (fds[1].revents) break;
     int client = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
     if (client < 0) continue;
-    std::thread([fd = UniqueFd(client), &sup = supervisor_]() mutable {
-      ServeClient(std::move(fd), sup);
+    std::thread([fd = UniqueFd(client), &sup = supervisor_, &cps = checkpoints_]() mutable {
+      ServeClient(std::move(fd), sup, cps);
     }).detach();
   }
 }

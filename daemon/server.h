@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "checkpoints.h"
 #include "cryo/error.h"
 #include "cryo/unique_fd.h"
 #include "supervisor.h"
@@ -19,7 +20,8 @@ class ControlServer {
   // Binds `socket_path` (mode 0666: every user may connect, the kernel tells
   // who they are). Refuses if another cryod answers there.
   static Result<std::unique_ptr<ControlServer>> Listen(const std::string& socket_path,
-                                                       Supervisor& supervisor);
+                                                       Supervisor& supervisor,
+                                                       CheckpointService& checkpoints);
   ~ControlServer();
 
   // Accepts clients until Stop(). Blocks.
@@ -28,12 +30,14 @@ class ControlServer {
   void Stop();
 
  private:
-  ControlServer(std::string path, UniqueFd listener, Supervisor& supervisor);
+  ControlServer(std::string path, UniqueFd listener, Supervisor& supervisor,
+                CheckpointService& checkpoints);
 
   std::string path_;
   UniqueFd listener_;
   UniqueFd wake_;
   Supervisor& supervisor_;
+  CheckpointService& checkpoints_;
   std::atomic<bool> stopping_{false};
 };
 

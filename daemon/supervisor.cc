@@ -26,7 +26,15 @@ struct StartReport {
   pid_t init_pid = 0;
   uint64_t init_start_time = 0;
   pid_t pid = 0;
+  std::string stdout_key, stderr_key;
 };
+
+std::vector<std::string> MonitorArgv(const std::string& dir,
+                                     const std::vector<std::string>& extra) {
+  std::vector<std::string> argv{"cryo-monitor", dir};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return argv;
+}
 
 Result<StartReport> ParseStartReport(const std::string& text) {
   auto j = nlohmann::json::parse(text, nullptr, false);
@@ -41,7 +49,7 @@ Result<StartReport> ParseStartReport(const std::string& text) {
     return Fail(ErrorKind::kInternal, message);
   }
   return StartReport{j.value("init_pid", 0), j.value("init_start_time", uint64_t{0}),
-                     j.value("pid", 0)};
+                     j.value("pid", 0), j.value("stdout_key", ""), j.value("stderr_key", "")};
 }
 
 // Waits (bounded) for a process we gave up on to end, through its pidfd.
@@ -107,7 +115,7 @@ void Supervisor::Adopt(JobRecord& job) {
   if (!IsLive(job)) return;
   auto ended = table_.ReadExit(job.id);
   if (ended && *ended) {
-    job.state = JobState::kExited;
+    job.state = job.stop_on_checkpoint ? JobState::kCheckpointed : JobState::kExited;
     job.exit_code = (*ended)->exit_code;
     job.ended_unix_ms = (*ended)->ended_unix_ms;
     job.pid = 0;
@@ -199,10 +207,11 @@ void Supervisor::OnMonitorExit(const std::string& id) {
   JobRecord& job = it->second;
   auto ended = table_.ReadExit(id);
   if (ended && *ended) {
-    job.state = JobState::kExited;
+    job.state = job.stop_on_checkpoint ? JobState::kCheckpointed : JobState::kExited;
     job.exit_code = (*ended)->exit_code;
     job.ended_unix_ms = (*ended)->ended_unix_ms;
-    LogInfo("job exited", {{"job", job.name}, {"exit_code", std::to_string(*job.exit_code)}});
+    LogInfo(job.stop_on_checkpoint ? "job stopped after its checkpoint" : "job exited",
+            {{"job", job.name}, {"exit_code", std::to_string(*job.exit_code)}});
   } else {
     MarkLost(job);
   }
@@ -258,17 +267,33 @@ Result<JobRecord> Supervisor::Run(const Caller& caller, const proto::RunRequest&
   job.groups = caller.groups;
   job.created_unix_ms = UnixMillis();
   job.state = JobState::kStarting;
+  std::string hint = "choose another --name, or stop it with 'cryo kill " + job.name + "'";
+  return Launch(caller, std::move(job), {}, hint);
+}
 
+Result<JobRecord> Supervisor::StartRestored(const Caller& caller, JobRecord job,
+                                            std::vector<std::string> monitor_args) {
+  job.id = NewJobId();
+  if (!IsValidJobName(job.name)) {
+    return Fail(ErrorKind::kInvalidArgument,
+                "invalid job name '" + job.name + "': use 1-64 letters, digits, '_', '.', '-'");
+  }
+  job.created_unix_ms = UnixMillis();
+  job.state = JobState::kStarting;
+  return Launch(caller, std::move(job), std::move(monitor_args),
+                "restore it under another name with --name, or stop the running one first");
+}
+
+Result<JobRecord> Supervisor::Launch(const Caller& caller, JobRecord job,
+                                     std::vector<std::string> monitor_args,
+                                     const std::string& conflict_hint) {
   std::optional<Cgroup> cgroup;
   {
     std::lock_guard lock(mu_);
     if (JobRecord* old = FindLocked(job.name)) {
       if (IsLive(*old)) {
         return Fail(ErrorKind::kAlreadyExists,
-                    "a job named '" + job.name +
-                        "' is already running (choose another --name, or stop it "
-                        "with 'cryo kill " +
-                        job.name + "')");
+                    "a job named '" + job.name + "' is already running (" + conflict_hint + ")");
       }
       if (!caller.is_root() && old->uid != caller.uid) {
         return Fail(ErrorKind::kAlreadyExists,
@@ -300,7 +325,7 @@ Result<JobRecord> Supervisor::Run(const Caller& caller, const proto::RunRequest&
   if (!devnull || !monitor_log || !report)
     return forget(Error(ErrorKind::kIo, "cannot prepare the job's files"));
   auto monitor = Spawn({.path = monitor_path_,
-                        .argv = {"cryo-monitor", dir},
+                        .argv = MonitorArgv(dir, monitor_args),
                         .env = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
                         .fds = {{0, devnull->get()},
                                 {1, devnull->get()},
@@ -320,6 +345,8 @@ Result<JobRecord> Supervisor::Run(const Caller& caller, const proto::RunRequest&
   job.init_pid = started->init_pid;
   job.init_start_time = started->init_start_time;
   job.pid = started->pid;
+  job.stdout_key = started->stdout_key;
+  job.stderr_key = started->stderr_key;
   (void)cgroup->Release();  // the monitor owns it now
 
   std::lock_guard lock(mu_);
@@ -417,6 +444,56 @@ Result<JobRecord> Supervisor::Remove(const Caller& caller, std::string_view name
   jobs_.erase(it);
   LogInfo("job removed", {{"job", removed.name}});
   return removed;
+}
+
+Result<JobRecord> Supervisor::BeginCheckpoint(const Caller& caller, std::string_view name,
+                                              bool stop) {
+  std::lock_guard lock(mu_);
+  JobRecord* job = FindLocked(name);
+  if (job == nullptr) {
+    return Fail(ErrorKind::kNotFound,
+                "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
+  }
+  if (auto s = CheckAccess(caller, *job, "checkpoint"); !s) return std::unexpected(s.error());
+  if (job->state != JobState::kRunning) {
+    return Fail(ErrorKind::kFailedPrecondition, "job '" + job->name + "' is not running (" +
+                                                    std::string(JobStateName(job->state)) +
+                                                    "); only running jobs can be checkpointed");
+  }
+  if (!checkpointing_.insert(job->id).second) {
+    return Fail(ErrorKind::kFailedPrecondition,
+                "job '" + job->name + "' is being checkpointed already; wait for it to finish");
+  }
+  if (stop) {
+    job->stop_on_checkpoint = true;
+    if (auto s = table_.Save(*job); !s) {
+      checkpointing_.erase(job->id);
+      job->stop_on_checkpoint = false;
+      return std::unexpected(s.error());
+    }
+  }
+  return *job;
+}
+
+void Supervisor::EndCheckpoint(const std::string& id, const std::string& checkpoint_id) {
+  std::lock_guard lock(mu_);
+  checkpointing_.erase(id);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return;
+  JobRecord& job = it->second;
+  if (!checkpoint_id.empty()) job.last_checkpoint = checkpoint_id;
+  // A failed --stop checkpoint leaves the job running: it must not be
+  // reported as checkpointed when it ends later.
+  if (checkpoint_id.empty() && IsLive(job)) job.stop_on_checkpoint = false;
+  if (auto s = table_.Save(job); !s) {
+    LogError("cannot save job record", {{"error", s.error().ToString()}});
+  }
+  changed_.notify_all();
+}
+
+bool Supervisor::IsCheckpointing(const std::string& id) {
+  std::lock_guard lock(mu_);
+  return checkpointing_.contains(id);
 }
 
 std::optional<JobRecord> Supervisor::Get(const std::string& id) {

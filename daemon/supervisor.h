@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -54,6 +55,18 @@ class Supervisor {
   // Forgets an ended job (with `force`, kills a running one first).
   Result<JobRecord> Remove(const Caller& caller, std::string_view name, bool force);
 
+  // Starts a job restored from a checkpoint: `job` carries name, owner,
+  // argv, env and cwd from the verified manifest; `monitor_args` tell
+  // cryo-monitor how to restore (see daemon/monitor).
+  Result<JobRecord> StartRestored(const Caller& caller, JobRecord job,
+                                  std::vector<std::string> monitor_args);
+  // Marks the running job `name` as being checkpointed (one at a time); with
+  // `stop`, its end will be recorded as `checkpointed`.
+  Result<JobRecord> BeginCheckpoint(const Caller& caller, std::string_view name, bool stop);
+  // Ends what BeginCheckpoint began; `checkpoint_id` empty means it failed.
+  void EndCheckpoint(const std::string& id, const std::string& checkpoint_id);
+  bool IsCheckpointing(const std::string& id);
+
   // The current record of job `id` (not access-checked: for the server's
   // follow-up of a job it has already checked).
   std::optional<JobRecord> Get(const std::string& id);
@@ -65,6 +78,8 @@ class Supervisor {
 
  private:
   Supervisor(std::string state_dir, std::string monitor_path);
+  Result<JobRecord> Launch(const Caller& caller, JobRecord job,
+                           std::vector<std::string> monitor_args, const std::string& conflict_hint);
   void Adopt(JobRecord& job);
   void MarkLost(JobRecord& job);
   void Watch(const JobRecord& job, UniqueFd pidfd);
@@ -82,6 +97,7 @@ class Supervisor {
   std::map<std::string, JobRecord> jobs_;   // by id
   std::map<int, std::string> watched_;      // pidfd -> job id
   std::map<std::string, UniqueFd> pidfds_;  // job id -> pidfd of its monitor
+  std::set<std::string> checkpointing_;     // ids of jobs being checkpointed
   UniqueFd epoll_;
   UniqueFd wake_;     // eventfd: stop the watch loop
   UniqueFd sigchld_;  // signalfd: reap children

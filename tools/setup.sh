@@ -30,13 +30,15 @@ packages=(
   # toolchain and project libraries
   build-essential cmake pkg-config git clang-format
   libgtest-dev libgmock-dev libprotobuf-dev protobuf-compiler
-  libcli11-dev nlohmann-json3-dev
+  libcli11-dev nlohmann-json3-dev libsodium-dev libzstd-dev
   # CRIU build dependencies
   libprotobuf-c-dev protobuf-c-compiler python3-protobuf libnl-3-dev libcap-dev
   libnet1-dev libbsd-dev libgnutls28-dev libnftables-dev uuid-dev
   libaio-dev libdrm-dev xz-utils
   # CRIU run time
   nftables iproute2 procps
+  # benchmarks
+  bc
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -10,8 +10,14 @@
 // drains the pipes, writes JOB_DIR/exit.json, removes the job's cgroup and
 // exits.
 //
+//   cryo-monitor JOB_DIR --restore IMAGES_DIR --criu CRIU [--stdout-key K] [--stderr-key K]
+//
+// brings a checkpointed job back instead: CRIU restores the tree as this
+// process's child (rst_sibling) into the job's cgroup, with fresh pipes in
+// place of the dumped stdout/stderr pipes (inherit-fd keys K).
+//
 // Start report on fd 3, one JSON object, then the fd is closed:
-//   {"init_pid":N,"init_start_time":T,"pid":P}      the program runs
+//   {"init_pid":N,"init_start_time":T,"pid":P,"stdout_key":K,"stderr_key":K}  it runs
 //   {"errno":E,"error":"message"}                    it does not
 #include <fcntl.h>
 #include <grp.h>
@@ -19,6 +25,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,6 +38,7 @@
 #include <vector>
 
 #include "cryo/cgroup.h"
+#include "cryo/checkpointer.h"
 #include "cryo/file_util.h"
 #include "cryo/job.h"
 #include "cryo/job_log.h"
@@ -44,7 +52,7 @@ namespace {
 constexpr int kStartReportFd = 3;
 
 struct Pipes {
-  UniqueFd out_r, out_w, err_r, err_w, report_r, report_w;
+  UniqueFd out_r, out_w, err_r, err_w, report_r, report_w, env_r, env_w;
 };
 
 int64_t UnixNanos() {
@@ -60,6 +68,12 @@ void Report(const nlohmann::json& j) {
 // In the forked child, which is pid 1 of the new PID namespace: enter the
 // cgroup, become a session leader, take the pipes as stdio, drop to the
 // owner's credentials, enter the cwd, exec cryo-init. Only returns on error.
+// In the forked child, which is pid 1 of the new PID namespace: enter the
+// cgroup, become a session leader, take the pipes as stdio, exec cryo-init.
+// cryo-init stays root (CRIU must mount a /proc for the namespace from
+// inside it) but gets a clean environment and "/" as cwd; it drops to the
+// owner's credentials in the child that runs the program, whose environment
+// arrives on fd 4. Only returns on error.
 [[noreturn]] void BecomeJobInit(const JobRecord& job, const std::string& init_path, Pipes& p) {
   auto fail = [&](int err, const std::string& what) {
     std::string msg = std::to_string(err) + " " + what + ": " + std::strerror(err);
@@ -73,16 +87,29 @@ void Report(const nlohmann::json& j) {
   ::setsid();
   UniqueFd devnull(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   if (::dup2(devnull.get(), 0) < 0 || ::dup2(p.out_w.get(), 1) < 0 ||
-      ::dup2(p.err_w.get(), 2) < 0 || ::dup2(p.report_w.get(), 3) < 0) {
+      ::dup2(p.err_w.get(), 2) < 0 || ::dup2(p.report_w.get(), 3) < 0 ||
+      ::dup2(p.env_r.get(), 4) < 0) {
     fail(errno, "set up stdio");
   }
-  p.report_w.reset(::fcntl(3, F_DUPFD_CLOEXEC, 4));  // for fail(); fd 3 is cryo-init's
-  std::vector<char*> argv{const_cast<char*>("cryo-init")};
-  for (const auto& a : job.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  p.report_w.reset(::fcntl(3, F_DUPFD_CLOEXEC, 5));  // for fail(); fd 3 is cryo-init's
+  std::string groups;
+  for (gid_t g : job.groups) groups += (groups.empty() ? "" : ",") + std::to_string(g);
+  std::vector<std::string> args{"cryo-init",
+                                "--uid",
+                                std::to_string(job.uid),
+                                "--gid",
+                                std::to_string(job.gid),
+                                "--groups",
+                                groups,
+                                "--cwd",
+                                job.cwd,
+                                "--"};
+  args.insert(args.end(), job.argv.begin(), job.argv.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  std::vector<char*> envp;
-  for (const auto& e : job.env) envp.push_back(const_cast<char*>(e.c_str()));
-  envp.push_back(nullptr);
+  char path_env[] = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
+  char* envp[] = {path_env, nullptr};
 
   // The monitor ignores some signals and blocks SIGCHLD; the job must not inherit that.
   struct sigaction dfl {};
@@ -91,11 +118,8 @@ void Report(const nlohmann::json& j) {
   sigset_t none;
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
-  if (::setgroups(job.groups.size(), job.groups.data()) != 0) fail(errno, "setgroups");
-  if (::setgid(job.gid) != 0) fail(errno, "setgid " + std::to_string(job.gid));
-  if (::setuid(job.uid) != 0) fail(errno, "setuid " + std::to_string(job.uid));
-  if (::chdir(job.cwd.c_str()) != 0) fail(errno, "enter working directory '" + job.cwd + "'");
-  ::execve(init_path.c_str(), argv.data(), envp.data());
+  if (::chdir("/") != 0) fail(errno, "chdir /");
+  ::execve(init_path.c_str(), argv.data(), envp);
   fail(errno, "exec " + init_path);
   ::_exit(127);
 }
@@ -117,7 +141,76 @@ bool Pump(int pipe_fd, LogStream stream, int log_fd) {
   return true;
 }
 
-int Run(const std::string& job_dir) {
+struct Mode {
+  std::string job_dir;
+  std::string restore_images;  // empty: start the program fresh
+  std::string criu;
+  std::string stdout_key, stderr_key;
+};
+
+std::string PipeKey(int fd) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return "";
+  return "pipe:[" + std::to_string(st.st_ino) + "]";
+}
+
+// Starts the job: a fresh program, or a restore. Returns init's pid, or
+// reports the failure itself and returns 0.
+pid_t StartJob(const Mode& mode, const JobRecord& job, const std::string& init_path, Pipes& p) {
+  if (!mode.restore_images.empty()) {
+    auto criu = CreateCriuCheckpointer(mode.criu);
+    if (!criu) {
+      Report({{"errno", 0}, {"error", criu.error().ToString()}});
+      return 0;
+    }
+    std::vector<std::pair<std::string, int>> inherit;
+    if (!mode.stdout_key.empty()) inherit.push_back({mode.stdout_key, p.out_w.get()});
+    if (!mode.stderr_key.empty() && mode.stderr_key != mode.stdout_key) {
+      inherit.push_back({mode.stderr_key, p.err_w.get()});
+    }
+    auto pid = (*criu)->Restore({.images_dir = mode.restore_images,
+                                 .inherit_fds = inherit,
+                                 .cgroup_procs = job.cgroup + "/cgroup.procs"});
+    if (!pid) {
+      Report({{"errno", 0}, {"error", pid.error().ToString()}});
+      return 0;
+    }
+    return *pid;
+  }
+  // The next child is pid 1 of a new PID namespace.
+  if (::unshare(CLONE_NEWPID) != 0) {
+    Report({{"errno", errno},
+            {"error", std::string("unshare(CLONE_NEWPID): ") + std::strerror(errno)}});
+    return 0;
+  }
+  pid_t init = ::fork();
+  if (init < 0) {
+    Report({{"errno", errno}, {"error", std::string("fork: ") + std::strerror(errno)}});
+    return 0;
+  }
+  if (init == 0) BecomeJobInit(job, init_path, p);
+  p.report_w.reset();
+  p.env_r.reset();
+  // The program's environment, NUL-separated, read by cryo-init before it
+  // starts the program (a failed write means cryo-init already failed).
+  std::string env;
+  for (const auto& e : job.env) env.append(e).push_back('\0');
+  (void)WriteAll(p.env_w.get(), env);
+  p.env_w.reset();
+  std::string failure = ReadInitReport(p.report_r.get());
+  if (!failure.empty()) {
+    int err = std::atoi(failure.c_str());
+    std::string message = failure.substr(std::min(failure.find(' ') + 1, failure.size()));
+    Report({{"errno", err}, {"error", message}});
+    int status;
+    ::waitpid(init, &status, 0);
+    return 0;
+  }
+  return init;
+}
+
+int Run(const Mode& mode) {
+  const std::string& job_dir = mode.job_dir;
   auto text = ReadFileToString(job_dir + "/job.json");
   auto job = text ? DecodeJobRecord(*text) : std::unexpected(text.error());
   if (!job) {
@@ -139,16 +232,17 @@ int Run(const std::string& job_dir) {
     return 1;
   }
   Pipes p;
-  for (auto* pair : {&p.out_r, &p.err_r, &p.report_r}) {
+  for (auto* pair : {&p.out_r, &p.err_r, &p.report_r, &p.env_r}) {
     auto made = MakePipe();
     if (!made) {
       Report({{"errno", made.error().sys_errno()}, {"error", made.error().ToString()}});
       return 1;
     }
     *pair = std::move(made->first);
-    (pair == &p.out_r   ? p.out_w
-     : pair == &p.err_r ? p.err_w
-                        : p.report_w) = std::move(made->second);
+    (pair == &p.out_r      ? p.out_w
+     : pair == &p.err_r    ? p.err_w
+     : pair == &p.report_r ? p.report_w
+                           : p.env_w) = std::move(made->second);
   }
   // Take the job's cgroup: this process removes it when the job is over.
   auto cgroup = Cgroup::Adopt(job->cgroup);
@@ -163,35 +257,22 @@ int Run(const std::string& job_dir) {
   sigprocmask(SIG_BLOCK, &chld, nullptr);
   UniqueFd sigfd(::signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK));
 
-  // The next child is pid 1 of a new PID namespace.
-  if (::unshare(CLONE_NEWPID) != 0) {
-    Report({{"errno", errno},
-            {"error", std::string("unshare(CLONE_NEWPID): ") + std::strerror(errno)}});
-    return 1;
-  }
-  pid_t init = ::fork();
-  if (init < 0) {
-    Report({{"errno", errno}, {"error", std::string("fork: ") + std::strerror(errno)}});
-    return 1;
-  }
-  if (init == 0) BecomeJobInit(*job, init_path, p);
+  std::string stdout_key = PipeKey(p.out_w.get());
+  std::string stderr_key = PipeKey(p.err_w.get());
+  pid_t init = StartJob(mode, *job, init_path, p);
   p.out_w.reset();
   p.err_w.reset();
   p.report_w.reset();
-
-  std::string failure = ReadInitReport(p.report_r.get());
+  if (init == 0) return 1;
   int status = 0;
-  if (!failure.empty()) {
-    int err = std::atoi(failure.c_str());
-    std::string message = failure.substr(std::min(failure.find(' ') + 1, failure.size()));
-    Report({{"errno", err}, {"error", message}});
-    ::waitpid(init, &status, 0);
-    return 1;
-  }
   pid_t program = 0;
   if (auto kids = ChildPids(init); kids && !kids->empty()) program = kids->front();
   auto init_start = ProcessStartTime(init);
-  Report({{"init_pid", init}, {"init_start_time", init_start ? *init_start : 0}, {"pid", program}});
+  Report({{"init_pid", init},
+          {"init_start_time", init_start ? *init_start : 0},
+          {"pid", program},
+          {"stdout_key", stdout_key},
+          {"stderr_key", stderr_key}});
 
   // Pump output until the job is gone and both pipes are at end of file.
   bool out_open = true, err_open = true, init_alive = true;
@@ -210,7 +291,15 @@ int Run(const std::string& job_dir) {
       signalfd_siginfo si;
       while (::read(sigfd.get(), &si, sizeof si) == sizeof si) {
       }
-      if (::waitpid(init, &status, WNOHANG) == init) init_alive = false;
+      // Reap everything: init, and CRIU's process after a restore.
+      int st;
+      pid_t pid;
+      while ((pid = ::waitpid(-1, &st, WNOHANG)) > 0) {
+        if (pid == init) {
+          status = st;
+          init_alive = false;
+        }
+      }
     }
   }
   int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -228,12 +317,32 @@ int Run(const std::string& job_dir) {
 }  // namespace cryo
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: cryo-monitor JOB_DIR (started by cryod)\n");
+  cryo::Mode mode;
+  bool ok = argc >= 2;
+  if (ok) mode.job_dir = argv[1];
+  for (int i = 2; ok && i < argc; i += 2) {
+    std::string flag = argv[i];
+    if (i + 1 >= argc) {
+      ok = false;
+    } else if (flag == "--restore") {
+      mode.restore_images = argv[i + 1];
+    } else if (flag == "--criu") {
+      mode.criu = argv[i + 1];
+    } else if (flag == "--stdout-key") {
+      mode.stdout_key = argv[i + 1];
+    } else if (flag == "--stderr-key") {
+      mode.stderr_key = argv[i + 1];
+    } else {
+      ok = false;
+    }
+  }
+  if (!ok) {
+    std::fprintf(
+        stderr, "usage: cryo-monitor JOB_DIR [--restore DIR --criu PATH ...] (started by cryod)\n");
     return 2;
   }
   // Survive whatever happens to cryod and its terminal.
   ::setsid();
   for (int sig : {SIGHUP, SIGINT, SIGTERM, SIGPIPE, SIGQUIT}) ::signal(sig, SIG_IGN);
-  return cryo::Run(argv[1]);
+  return cryo::Run(mode);
 }

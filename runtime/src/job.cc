@@ -25,6 +25,7 @@ constexpr StateName kStateNames[] = {
     {JobState::kRunning, "running"},
     {JobState::kExited, "exited"},
     {JobState::kLost, "lost"},
+    {JobState::kCheckpointed, "checkpointed"},
 };
 
 std::optional<JobState> StateFromName(std::string_view name) {
@@ -63,6 +64,11 @@ std::string EncodeJobRecord(const JobRecord& job) {
       {"init_pid", job.init_pid},
       {"init_start_time", job.init_start_time},
       {"pid", job.pid},
+      {"stdout_key", job.stdout_key},
+      {"stderr_key", job.stderr_key},
+      {"restored_from", job.restored_from},
+      {"last_checkpoint", job.last_checkpoint},
+      {"stop_on_checkpoint", job.stop_on_checkpoint},
   };
   if (job.exit_code) j["exit_code"] = *job.exit_code;
   return j.dump(2) + "\n";
@@ -97,6 +103,11 @@ Result<JobRecord> DecodeJobRecord(std::string_view text) {
     job.init_start_time = j.at("init_start_time").get<uint64_t>();
     job.pid = j.at("pid").get<pid_t>();
     if (j.contains("exit_code")) job.exit_code = j.at("exit_code").get<int>();
+    job.stdout_key = j.value("stdout_key", "");
+    job.stderr_key = j.value("stderr_key", "");
+    job.restored_from = j.value("restored_from", "");
+    job.last_checkpoint = j.value("last_checkpoint", "");
+    job.stop_on_checkpoint = j.value("stop_on_checkpoint", false);
     if (job.id.empty() || job.name.empty())
       return Fail(ErrorKind::kCorrupt, "job record lacks id or name");
     return job;

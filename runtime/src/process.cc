@@ -11,6 +11,7 @@
 
 #include <charconv>
 #include <chrono>
+#include <cstdlib>
 #include <string>
 
 #include "cryo/file_util.h"
@@ -79,6 +80,15 @@ Status SignalPidFd(int pidfd, int signal) {
     return SysFail("send signal " + std::to_string(signal));
   }
   return {};
+}
+
+bool HasCapability(int cap) {
+  auto status = ReadFileToString("/proc/self/status");
+  if (!status) return false;
+  size_t pos = status->find("CapEff:");
+  if (pos == std::string::npos) return false;
+  uint64_t mask = std::strtoull(status->c_str() + pos + 7, nullptr, 16);
+  return cap >= 0 && cap < 64 && (mask >> cap) & 1;
 }
 
 int64_t UnixMillis() {
@@ -155,6 +165,11 @@ Result<Spawned> Spawn(const SpawnOptions& options) {
     }
     if (max_target + 1 < efd) ::close_range(static_cast<unsigned>(max_target + 1), efd - 1, 0);
     ::close_range(static_cast<unsigned>(efd + 1), ~0U, 0);
+    if (!options.cgroup_procs.empty()) {
+      int cg = ::open(options.cgroup_procs.c_str(), O_WRONLY | O_CLOEXEC);
+      if (cg < 0 || ::write(cg, "0", 1) != 1) ChildFail(efd, errno);
+      ::close(cg);
+    }
     struct sigaction dfl {};
     dfl.sa_handler = SIG_DFL;
     for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);

@@ -5,8 +5,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <signal.h>
+
 #include <cstdlib>
 #include <iostream>
+#include <thread>
 
 #include "cryo/file_util.h"
 #include "cryo/protocol.h"
@@ -78,6 +81,54 @@ int ReportError(std::string_view command, const Error& error) {
       return kExitUnavailable;
     default:
       return kExitFailure;
+  }
+}
+
+// Ctrl-C, SIGTERM, SIGHUP and SIGQUIT sent to `cryo run` go to the job, as
+// they would to a program run directly; cryo run itself waits for the end.
+sigset_t ForwardedSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&set, sig);
+  return set;
+}
+
+void ForwardSignals(const Globals& globals, const std::string& name) {
+  sigset_t set = ForwardedSignals();
+  std::thread([globals, name, set] {
+    for (;;) {
+      int sig = 0;
+      if (sigwait(&set, &sig) != 0) continue;
+      proto::Request req;
+      req.mutable_kill()->set_name(name);
+      req.mutable_kill()->set_signal(sig);
+      (void)Call(globals, req);  // the job may have ended meanwhile
+    }
+  }).detach();
+}
+
+void HoldForwardedSignals() {
+  sigset_t set = ForwardedSignals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+int AttachToJob(const Globals& globals, int fd, const std::string& name, std::string_view command) {
+  ForwardSignals(globals, name);
+  for (;;) {
+    auto r = Receive(fd);
+    if (!r) {
+      ReportError(command, r.error().WithContext("lost the job's output; '" + name +
+                                                 "' may still run (cryo logs -f " + name + ")"));
+      return kExitRunFailed;
+    }
+    if (r->has_output()) {
+      WriteOutput(r->output());
+    } else if (r->has_exited()) {
+      return r->exited().exit_code();
+    } else if (r->has_error()) {
+      ReportError(command, ErrorFromProto(r->error()));
+      return kExitRunFailed;
+    }
   }
 }
 

@@ -52,6 +52,19 @@ Command RegisterPs(CLI::App& app, const Globals& globals);
 Command RegisterLogs(CLI::App& app, const Globals& globals);
 Command RegisterKill(CLI::App& app, const Globals& globals);
 Command RegisterRm(CLI::App& app, const Globals& globals);
+Command RegisterCheckpoint(CLI::App& app, const Globals& globals);
+Command RegisterRestore(CLI::App& app, const Globals& globals);
+Command RegisterCheckpoints(CLI::App& app, const Globals& globals);
+Command RegisterVerify(CLI::App& app, const Globals& globals);
+Command RegisterRmCheckpoint(CLI::App& app, const Globals& globals);
+
+// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT so that none is lost (or kills
+// us) before AttachToJob knows which job to forward them to. Call before
+// sending an attached request.
+void HoldForwardedSignals();
+// After `started`: streams the job's output from `fd`, forwards SIGINT,
+// SIGTERM, SIGHUP and SIGQUIT to the job, and returns its exit status.
+int AttachToJob(const Globals& globals, int fd, const std::string& name, std::string_view command);
 
 // Writes bytes of job output to our stdout or stderr.
 void WriteOutput(const proto::Output& output);

@@ -10,7 +10,8 @@ namespace cryo::cli {
 namespace {
 
 constexpr Registrar kCommands[] = {
-    RegisterRun, RegisterPs, RegisterLogs, RegisterKill, RegisterRm,
+    RegisterRun,        RegisterPs,      RegisterLogs,        RegisterKill,   RegisterRm,
+    RegisterCheckpoint, RegisterRestore, RegisterCheckpoints, RegisterVerify, RegisterRmCheckpoint,
 };
 
 int RealMain(int argc, char** argv) {

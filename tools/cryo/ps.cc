@@ -29,6 +29,10 @@ std::string StateText(const proto::JobInfo& job) {
       return "exited";
     case proto::JOB_STATE_LOST:
       return "lost";
+    case proto::JOB_STATE_CHECKPOINTED:
+      return "checkpointed";
+    case proto::JOB_STATE_CHECKPOINTING:
+      return "checkpointing";
     default:
       return "unknown";
   }
@@ -67,6 +71,8 @@ nlohmann::json ToJson(const proto::JobInfo& job) {
       {"command", CommandLine(job)},
       {"argv", std::vector<std::string>(job.argv().begin(), job.argv().end())},
       {"cwd", job.cwd()},
+      {"restored_from", job.restored_from()},
+      {"last_checkpoint", job.last_checkpoint()},
   };
   j["exit_code"] = job.has_exit_code() ? nlohmann::json(job.exit_code()) : nlohmann::json(nullptr);
   j["ended_unix_ms"] =

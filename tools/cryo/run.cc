@@ -1,12 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // cryo run [--name NAME] [-d] [--env K=V]... -- PROG ARGS...
-#include <signal.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <iostream>
 #include <memory>
-#include <thread>
 
 #include "client.h"
 
@@ -41,25 +39,6 @@ std::vector<std::string> JobEnvironment(const std::vector<std::string>& override
   return env;
 }
 
-// Ctrl-C, SIGTERM, SIGHUP and SIGQUIT sent to `cryo run` go to the job, as
-// they would to a program run directly; cryo run itself waits for the end.
-void ForwardSignals(const Globals& globals, const std::string& name) {
-  sigset_t set;
-  sigemptyset(&set);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGQUIT}) sigaddset(&set, sig);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  std::thread([globals, name, set] {
-    for (;;) {
-      int sig = 0;
-      if (sigwait(&set, &sig) != 0) continue;
-      proto::Request req;
-      req.mutable_kill()->set_name(name);
-      req.mutable_kill()->set_signal(sig);
-      (void)Call(globals, req);  // the job may have ended meanwhile
-    }
-  }).detach();
-}
-
 int Run(const Globals& globals, const RunOptions& opts) {
   for (const auto& kv : opts.env) {
     if (kv.find('=') == std::string::npos || kv[0] == '=') {
@@ -85,29 +64,13 @@ int Run(const Globals& globals, const RunOptions& opts) {
     std::cout << r->job().name() << "\n";
     return kExitOk;
   }
+  HoldForwardedSignals();
   auto fd = Send(globals, req);
   if (!fd) return RunExitCode(fd.error());
   auto first = Receive(fd->get());
   if (!first) return RunExitCode(first.error());
   if (first->has_error()) return RunExitCode(ErrorFromProto(first->error()));
-  std::string name = first->started().job().name();
-  ForwardSignals(globals, name);
-  for (;;) {
-    auto r = Receive(fd->get());
-    if (!r) {
-      ReportError("run", r.error().WithContext("lost the job's output; '" + name +
-                                               "' may still run (cryo logs -f " + name + ")"));
-      return kExitRunFailed;
-    }
-    if (r->has_output()) {
-      WriteOutput(r->output());
-    } else if (r->has_exited()) {
-      return r->exited().exit_code();
-    } else if (r->has_error()) {
-      ReportError("run", ErrorFromProto(r->error()));
-      return kExitRunFailed;
-    }
-  }
+  return AttachToJob(globals, fd->get(), first->started().job().name(), "run");
 }
 
 }  // namespace

@@ -24,7 +24,8 @@ enum class JobState {
   kStarting,  // cryod is starting it; a record left in this state means cryod died
   kRunning,
   kExited,
-  kLost,  // its monitor vanished without recording an end
+  kLost,          // its monitor vanished without recording an end
+  kCheckpointed,  // ended by `cryo checkpoint --stop` after a durable checkpoint
 };
 
 std::string_view JobStateName(JobState state);
@@ -50,6 +51,12 @@ struct JobRecord {
   uint64_t init_start_time = 0;
   pid_t pid = 0;                 // the program
   std::optional<int> exit_code;  // 128+N for death by signal N
+  // CRIU inherit-fd keys of the pipes the job writes its stdout/stderr to.
+  std::string stdout_key;
+  std::string stderr_key;
+  std::string restored_from;        // checkpoint id this job was restored from
+  std::string last_checkpoint;      // id of its newest checkpoint
+  bool stop_on_checkpoint = false;  // a --stop checkpoint is under way
 };
 
 std::string EncodeJobRecord(const JobRecord& job);

@@ -28,6 +28,9 @@ Result<UniqueFd> OpenPidFd(pid_t pid, uint64_t start_time);
 // Sends `signal` through a pidfd (immune to pid reuse).
 Status SignalPidFd(int pidfd, int signal);
 
+// Whether this process has capability `cap` (CAP_*) in its effective set.
+bool HasCapability(int cap);
+
 // Milliseconds since the Unix epoch (the wall clock).
 int64_t UnixMillis();
 
@@ -41,6 +44,9 @@ struct SpawnOptions {
   std::vector<std::string> env;   // the child's whole environment
   // fds the child gets: {child fd, parent fd}. Every other fd is closed.
   std::vector<std::pair<int, int>> fds;
+  // If set, the child moves itself into this cgroup (its cgroup.procs
+  // file) before exec.
+  std::string cgroup_procs;
 };
 
 // A child process and its pidfd (from clone3, so no pid-reuse window).

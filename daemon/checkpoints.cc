@@ -1,0 +1,307 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "checkpoints.h"
+
+#include <linux/capability.h>
+#include <sys/utsname.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "cryo/checkpointer.h"
+#include "cryo/file_util.h"
+#include "cryo/log.h"
+#include "cryo/process.h"
+
+namespace cryo {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t MillisSince(Clock::time_point start) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
+}
+
+bool IsCheckpointId(std::string_view s) {
+  return s.size() == 16 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+// A scratch directory under <state>/work, removed when this goes away.
+class WorkDir {
+ public:
+  static Result<WorkDir> Create(const std::string& state_dir, const std::string& id) {
+    WorkDir w(state_dir + "/work/" + id);
+    if (auto s = MakeDirs(w.images(), 0700); !s) return std::unexpected(s.error());
+    return w;
+  }
+  WorkDir(WorkDir&& o) noexcept : path_(std::exchange(o.path_, "")) {}
+  ~WorkDir() {
+    if (!path_.empty()) (void)RemoveTree(path_);
+  }
+  const std::string& path() const { return path_; }
+  std::string images() const { return path_ + "/images"; }
+
+ private:
+  explicit WorkDir(std::string path) : path_(std::move(path)) {}
+  std::string path_;
+};
+
+void Describe(Manifest& m) {
+  utsname u{};
+  ::uname(&u);
+  m.host = u.nodename;
+  m.kernel = u.release;
+}
+
+}  // namespace
+
+CheckpointService::CheckpointService(Supervisor& supervisor, std::unique_ptr<Store> store, Key key,
+                                     Options options)
+    : supervisor_(supervisor), store_(std::move(store)), key_(key), options_(std::move(options)) {}
+
+Status CheckpointService::Publish(Manifest& m, const std::string& images_dir) {
+  auto start = Clock::now();
+  StoreStats stats;
+  auto files = StoreImages(images_dir, *store_, key_, &stats);
+  if (!files) return std::unexpected(files.error().WithContext("store images in " + store_->url()));
+  m.files = std::move(*files);
+  m.image_bytes = stats.bytes;
+  m.stored_bytes = stats.new_bytes;
+  m.phases["store"] = MillisSince(start);
+
+  // Chunks, then the manifest, then the reference: a crash at any point
+  // leaves the previous checkpoint as `latest` and the store consistent.
+  start = Clock::now();
+  if (auto s = store_->Flush(); !s) return s;
+  if (auto s = store_->Put(ManifestKey(m.id), EncodeManifest(m, key_)); !s) return s;
+  if (auto s = store_->Flush(); !s) return s;
+  std::optional<std::string> expected;
+  if (auto cur = store_->Get(LatestRefKey(m.job))) expected = *cur;
+  if (auto s = store_->CompareAndSwap(LatestRefKey(m.job), expected, m.id); !s) {
+    return std::unexpected(s.error().WithContext("update the latest reference of '" + m.job + "'"));
+  }
+  if (auto s = store_->Flush(); !s) return s;
+  m.phases["publish"] = MillisSince(start);
+  return {};
+}
+
+Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string_view name,
+                                               bool stop) {
+  auto job = supervisor_.BeginCheckpoint(caller, name, stop);
+  if (!job) return std::unexpected(job.error());
+  std::string published;
+  struct End {
+    Supervisor& s;
+    const std::string& id;
+    const std::string& published;
+    ~End() { s.EndCheckpoint(id, published); }
+  } end{supervisor_, job->id, published};
+  std::string context = "checkpoint '" + job->name + "'";
+  // CRIU reads the rlimits of every task with prlimit(), which for another
+  // uid's task needs CAP_SYS_RESOURCE. Say so before freezing anything.
+  if (job->uid != 0 && !HasCapability(CAP_SYS_RESOURCE)) {
+    return Fail(ErrorKind::kFailedPrecondition,
+                context +
+                    ": cryod lacks CAP_SYS_RESOURCE, which CRIU needs to checkpoint jobs of "
+                    "users other than root; run cryod with full root capabilities (this "
+                    "machine's bounding set drops it)");
+  }
+
+  Manifest m;
+  m.id = NewJobId();
+  m.job = job->name;
+  m.created_unix_ms = UnixMillis();
+  m.uid = job->uid;
+  m.gid = job->gid;
+  m.groups = job->groups;
+  m.argv = job->argv;
+  m.env = job->env;
+  m.cwd = job->cwd;
+  m.stdout_key = job->stdout_key;
+  m.stderr_key = job->stderr_key;
+  m.criu_options = {{"tcp_established", "true"}, {"network_lock", "nftables"}};
+  if (auto parent = store_->Get(LatestRefKey(m.job))) m.parent = *parent;
+  Describe(m);
+
+  auto work = WorkDir::Create(options_.state_dir, m.id);
+  if (!work) return std::unexpected(work.error().WithContext(context));
+  auto criu = CreateCriuCheckpointer(options_.criu_path);
+  if (!criu) return std::unexpected(criu.error().WithContext(context));
+  m.criu_version = (*criu)->version();
+
+  // With --stop the job dies once CRIU is told the checkpoint is committed:
+  // store and publish while it is frozen. Otherwise let it run again as
+  // soon as the images are complete and store afterwards.
+  auto start = Clock::now();
+  Status stored;
+  auto commit = [&]() -> Status {
+    m.phases["dump"] = MillisSince(start);
+    if (stop) stored = Publish(m, work->images());
+    return stored;
+  };
+  auto dumped = (*criu)->Dump({.pid = job->init_pid,
+                               .images_dir = work->images(),
+                               .work_dir = work->path(),
+                               .freeze_cgroup = job->cgroup,
+                               .leave_running = !stop},
+                              commit);
+  if (!dumped) {
+    LogWarn("checkpoint failed", {{"job", job->name}, {"error", dumped.error().ToString()}});
+    return std::unexpected(dumped.error().WithContext(context));
+  }
+  if (!stop) {
+    if (auto s = Publish(m, work->images()); !s) {
+      LogWarn("checkpoint not stored", {{"job", job->name}, {"error", s.error().ToString()}});
+      return std::unexpected(s.error().WithContext(context));
+    }
+  }
+  m.phases["total"] = MillisSince(start);
+  published = m.id;
+  LogInfo("checkpoint stored", {{"job", m.job},
+                                {"id", m.id},
+                                {"bytes", std::to_string(m.image_bytes)},
+                                {"stored_bytes", std::to_string(m.stored_bytes)},
+                                {"dump_ms", std::to_string(m.phases["dump"])},
+                                {"store_ms", std::to_string(m.phases["store"])},
+                                {"publish_ms", std::to_string(m.phases["publish"])},
+                                {"stop", stop ? "true" : "false"}});
+  return m;
+}
+
+Result<Manifest> CheckpointService::Resolve(const Caller& caller, std::string_view ref) {
+  std::string text(ref);
+  std::string id;
+  auto not_found = [&] {
+    return Fail(ErrorKind::kNotFound, "no checkpoint '" + text + "' (see 'cryo checkpoints')");
+  };
+  if (IsCheckpointId(text) && store_->Exists(ManifestKey(text)).value_or(false)) {
+    id = text;
+  } else {
+    std::string job = text;
+    if (size_t at = text.find('@'); at != std::string::npos) {
+      if (text.substr(at + 1) != "latest") {
+        return Fail(ErrorKind::kInvalidArgument,
+                    "bad reference '" + text + "': use NAME, NAME@latest or a checkpoint id");
+      }
+      job = text.substr(0, at);
+    }
+    if (!IsValidJobName(job)) return not_found();
+    auto latest = store_->Get(LatestRefKey(job));
+    if (!latest) {
+      if (latest.error().kind() == ErrorKind::kNotFound) return not_found();
+      return std::unexpected(latest.error());
+    }
+    id = *latest;
+    if (!IsCheckpointId(id)) {
+      return Fail(ErrorKind::kCorrupt,
+                  "the latest reference of '" + job + "' in " + store_->url() + " is corrupt");
+    }
+  }
+  auto data = store_->Get(ManifestKey(id));
+  if (!data) {
+    if (data.error().kind() == ErrorKind::kNotFound) return not_found();
+    return std::unexpected(data.error());
+  }
+  auto m = DecodeManifest(*data, key_);
+  if (!m) {
+    return std::unexpected(Error(m.error().kind(), "checkpoint " + id + " in " + store_->url() +
+                                                       ": " + m.error().message()));
+  }
+  if (m->id != id) return Fail(ErrorKind::kCorrupt, "checkpoint " + id + " carries another id");
+  // Another user's checkpoints are invisible, not forbidden.
+  if (!caller.is_root() && m->uid != caller.uid) return not_found();
+  return m;
+}
+
+Result<JobRecord> CheckpointService::Restore(const Caller& caller, std::string_view ref,
+                                             std::string_view name) {
+  auto m = Resolve(caller, ref);
+  if (!m) return std::unexpected(m.error().WithContext("restore " + std::string(ref)));
+  std::string context = "restore " + m->id;
+  auto start = Clock::now();
+  auto work = WorkDir::Create(options_.state_dir, NewJobId());
+  if (!work) return std::unexpected(work.error().WithContext(context));
+  if (auto s = FetchImages(m->files, *store_, key_, work->images()); !s) {
+    return std::unexpected(
+        s.error().WithContext(context + " (run 'cryo verify " + m->id + "' for details)"));
+  }
+  int64_t fetch_ms = MillisSince(start);
+
+  JobRecord job;
+  job.name = name.empty() ? m->job : std::string(name);
+  job.argv = m->argv;
+  job.env = m->env;
+  job.cwd = m->cwd;
+  job.uid = m->uid;
+  job.gid = m->gid;
+  job.groups = m->groups;
+  job.restored_from = m->id;
+  job.last_checkpoint = m->id;
+  start = Clock::now();
+  auto restored =
+      supervisor_.StartRestored(caller, job,
+                                {"--restore", work->images(), "--criu", options_.criu_path,
+                                 "--stdout-key", m->stdout_key, "--stderr-key", m->stderr_key});
+  if (!restored) return std::unexpected(restored.error().WithContext(context));
+  LogInfo("job restored", {{"job", restored->name},
+                           {"checkpoint", m->id},
+                           {"fetch_ms", std::to_string(fetch_ms)},
+                           {"restore_ms", std::to_string(MillisSince(start))}});
+  return restored;
+}
+
+Result<std::vector<Manifest>> CheckpointService::List(const Caller& caller, std::string_view job) {
+  auto keys = store_->List("manifests/");
+  if (!keys) return std::unexpected(keys.error());
+  std::vector<Manifest> out;
+  for (const auto& key : *keys) {
+    auto data = store_->Get(key);
+    if (!data) continue;
+    auto m = DecodeManifest(*data, key_);
+    if (!m) {
+      LogWarn("unreadable manifest", {{"key", key}, {"error", m.error().ToString()}});
+      continue;
+    }
+    if (!caller.is_root() && m->uid != caller.uid) continue;
+    if (!job.empty() && m->job != job) continue;
+    out.push_back(std::move(*m));
+  }
+  std::sort(out.begin(), out.end(), [](const Manifest& a, const Manifest& b) {
+    return a.created_unix_ms > b.created_unix_ms;
+  });
+  return out;
+}
+
+bool CheckpointService::IsLatest(const Manifest& m) {
+  auto latest = store_->Get(LatestRefKey(m.job));
+  return latest && *latest == m.id;
+}
+
+Result<Manifest> CheckpointService::Verify(const Caller& caller, std::string_view ref) {
+  auto m = Resolve(caller, ref);
+  if (!m) return std::unexpected(m.error());
+  if (auto s = VerifyImages(m->files, *store_, key_); !s) {
+    return std::unexpected(s.error().WithContext("checkpoint " + m->id));
+  }
+  return m;
+}
+
+Result<Manifest> CheckpointService::Remove(const Caller& caller, std::string_view ref) {
+  auto m = Resolve(caller, ref);
+  if (!m) return std::unexpected(m.error());
+  // The reference first: `latest` must never name a missing manifest.
+  auto latest = store_->Get(LatestRefKey(m->job));
+  if (latest && *latest == m->id) {
+    bool parent_kept = !m->parent.empty() && store_->Exists(ManifestKey(m->parent)).value_or(false);
+    Status s = parent_kept ? store_->CompareAndSwap(LatestRefKey(m->job), *latest, m->parent)
+                           : store_->Delete(LatestRefKey(m->job));
+    if (!s) return std::unexpected(s.error().WithContext("remove checkpoint " + m->id));
+  }
+  if (auto s = store_->Delete(ManifestKey(m->id)); !s) return std::unexpected(s.error());
+  if (auto s = store_->Flush(); !s) return std::unexpected(s.error());
+  LogInfo("checkpoint removed", {{"job", m->job}, {"id", m->id}});
+  return m;
+}
+
+}  // namespace cryo

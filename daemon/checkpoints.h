@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: Apache-2.0
+// The checkpoint service of cryod: checkpoint a job (freeze, CRIU dump,
+// chunks into the store, manifest, `latest` reference), restore one
+// (verify, fetch, CRIU restore through a new cryo-monitor), list, verify and
+// remove checkpoints. Every method checks the caller's rights: a checkpoint
+// belongs to the uid recorded in its authenticated manifest; other non-root
+// uids cannot see it at all.
+//
+// Thread-safe; the methods block for as long as the work takes.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cryo/error.h"
+#include "cryo/image_store.h"
+#include "cryo/store.h"
+#include "supervisor.h"
+
+namespace cryo {
+
+class CheckpointService {
+ public:
+  struct Options {
+    std::string state_dir;  // work space goes to <state_dir>/work
+    std::string criu_path;
+  };
+
+  CheckpointService(Supervisor& supervisor, std::unique_ptr<Store> store, Key key, Options options);
+
+  // Checkpoints the running job `name`. The job keeps running unless `stop`,
+  // in which case it is ended only after the checkpoint is durable. On any
+  // failure the job is left running as before and nothing becomes visible.
+  Result<Manifest> Checkpoint(const Caller& caller, std::string_view name, bool stop);
+  // Restores REF (NAME, NAME@latest or an id) as job `name` (default: the
+  // checkpointed job's name).
+  Result<JobRecord> Restore(const Caller& caller, std::string_view ref, std::string_view name);
+  // The caller's checkpoints (of `job`, if not empty), newest first.
+  Result<std::vector<Manifest>> List(const Caller& caller, std::string_view job);
+  // Re-reads every chunk of REF and checks every hash.
+  Result<Manifest> Verify(const Caller& caller, std::string_view ref);
+  // Removes REF's manifest (its chunks go with the next `gc`); `latest`
+  // falls back to its parent.
+  Result<Manifest> Remove(const Caller& caller, std::string_view ref);
+  // Whether `id` is the newest checkpoint of its job.
+  bool IsLatest(const Manifest& manifest);
+
+  Store& store() { return *store_; }
+
+ private:
+  // Loads and authenticates the manifest REF names, if the caller may see it.
+  Result<Manifest> Resolve(const Caller& caller, std::string_view ref);
+  Status Publish(Manifest& manifest, const std::string& images_dir);
+
+  Supervisor& supervisor_;
+  std::unique_ptr<Store> store_;
+  Key key_;
+  Options options_;
+};
+
+}  // namespace cryo

@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: Apache-2.0
+// Checkpointer: dumps and restores a process tree. The real implementation
+// drives CRIU through its RPC (`criu swrk`), started with an absolute path
+// and a controlled environment; never `criu service`.
+//
+// Blocking: Dump and Restore return when CRIU is done. Not thread-safe per
+// object; use one per operation.
+#pragma once
+
+#include <sys/types.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cryo/error.h"
+
+namespace cryo {
+
+struct DumpOptions {
+  pid_t pid = 0;              // root of the tree: the job's init
+  std::string images_dir;     // an existing, empty directory
+  std::string work_dir;       // CRIU's log goes here (not among the images)
+  std::string freeze_cgroup;  // the job's cgroup: frozen as a whole
+  bool leave_running = true;  // false: CRIU kills the tree once committed
+  bool tcp_established = true;
+  std::vector<std::string> external;  // CRIU "external" resources
+};
+
+struct RestoreOptions {
+  std::string images_dir;
+  std::string work_dir;  // CRIU's log goes here
+  // fds of the caller that replace resources of the dumped tree, by CRIU's
+  // inherit-fd key ("pipe:[1234]"): the caller keeps ownership.
+  std::vector<std::pair<std::string, int>> inherit_fds;
+  // CRIU joins this cgroup (its cgroup.procs file) before restoring, so the
+  // restored tree lands there; CRIU itself does not manage cgroups.
+  std::string cgroup_procs;
+  bool tcp_established = true;
+};
+
+// Called at CRIU's post-dump notification: the images are complete and the
+// tree is still frozen. Success lets CRIU finish (kill the tree, or let it
+// run); an error makes CRIU resume the tree and fail the dump.
+using CommitFn = std::function<Status()>;
+
+class Checkpointer {
+ public:
+  virtual ~Checkpointer() = default;
+  // "4.2.1" or similar.
+  virtual const std::string& version() const = 0;
+  virtual Status Dump(const DumpOptions& options, const CommitFn& commit) = 0;
+  // Restores the tree as a child of the calling process (rst_sibling);
+  // returns the pid of its root.
+  virtual Result<pid_t> Restore(const RestoreOptions& options) = 0;
+};
+
+// The CRIU at `criu_path` (absolute). Fails if it is missing or does not run.
+Result<std::unique_ptr<Checkpointer>> CreateCriuCheckpointer(const std::string& criu_path);
+
+}  // namespace cryo

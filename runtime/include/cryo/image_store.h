@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: Apache-2.0
+// cryo's checkpoint format on top of a Store: a directory of CRIU image files
+// becomes content-addressed chunks plus a manifest authenticated with a MAC.
+// Documented in runtime/FORMAT.md.
+//
+//   chunks/<h[0:2]>/<h>    h = hex keyed BLAKE2b-256 of the plaintext chunk;
+//                          content: 1 byte codec (0 raw, 1 zstd) + payload
+//   manifests/<id>         "cryo-manifest 1 <hex MAC>\n" + JSON body
+//   refs/<job>/latest      the id of the job's newest checkpoint
+//
+// Chunk boundaries are content-defined (a rolling gear hash; 64 KiB min,
+// ~256 KiB average, 1 MiB max), so pages inserted in the middle of a pages
+// image shift nothing else: unchanged memory dedups across checkpoints.
+#pragma once
+
+#include <sys/types.h>
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cryo/error.h"
+#include "cryo/store.h"
+
+namespace cryo {
+
+// The daemon's secret key: names chunks (keyed hash) and authenticates
+// manifests (MAC). 32 bytes.
+class Key {
+ public:
+  static constexpr size_t kBytes = 32;
+  // Reads the key file, or creates it (0600, random) if it does not exist.
+  // Refuses a key file readable or writable by others.
+  static Result<Key> LoadOrCreate(const std::string& path);
+  static Key FromBytes(const std::array<unsigned char, kBytes>& bytes) { return Key(bytes); }
+  const std::array<unsigned char, kBytes>& bytes() const { return bytes_; }
+
+ private:
+  explicit Key(const std::array<unsigned char, kBytes>& bytes) : bytes_(bytes) {}
+  std::array<unsigned char, kBytes> bytes_;
+};
+
+struct ChunkRef {
+  std::string hash;   // hex, 64 characters
+  uint64_t size = 0;  // plaintext bytes
+};
+
+struct ImageFile {
+  std::string name;  // file name inside the images directory, no '/'
+  uint64_t size = 0;
+  std::vector<ChunkRef> chunks;
+};
+
+// Durations of the phases of a checkpoint or restore, in milliseconds.
+using PhaseTimes = std::map<std::string, int64_t>;
+
+struct Manifest {
+  static constexpr int kFormatVersion = 1;
+  int format_version = kFormatVersion;
+  std::string id;
+  std::string job;     // job name at checkpoint time
+  std::string parent;  // id of the job's previous checkpoint, or empty
+  int64_t created_unix_ms = 0;
+  std::string host;
+  std::string kernel;
+  std::string criu_version;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;
+  std::vector<std::string> argv;
+  std::vector<std::string> env;
+  std::string cwd;
+  // CRIU options that restore must repeat ("tcp_established": "true", ...).
+  std::map<std::string, std::string> criu_options;
+  // inherit-fd keys of the job's stdout/stderr pipes ("pipe:[123]").
+  std::string stdout_key;
+  std::string stderr_key;
+  std::vector<ImageFile> files;
+  uint64_t image_bytes = 0;   // sum of file sizes
+  uint64_t stored_bytes = 0;  // bytes of new chunks this checkpoint wrote
+  PhaseTimes phases;
+};
+
+// Serialises and authenticates a manifest.
+std::string EncodeManifest(const Manifest& manifest, const Key& key);
+// Parses a manifest, refusing (kCorrupt) one whose MAC does not verify or
+// whose format version is unknown. Nothing of an unverified manifest is used.
+Result<Manifest> DecodeManifest(std::string_view data, const Key& key);
+
+std::string ChunkKey(std::string_view hash);
+std::string ManifestKey(std::string_view id);
+std::string LatestRefKey(std::string_view job);
+
+struct StoreStats {
+  uint64_t bytes = 0;      // plaintext bytes seen
+  uint64_t new_bytes = 0;  // stored bytes (after compression) of chunks not already present
+  uint64_t chunks = 0;
+  uint64_t new_chunks = 0;
+};
+
+// Chunks every regular file in `dir` (sorted by name), compresses new chunks
+// with zstd and puts them into `store` (PutIfAbsent), in parallel. Does not
+// Flush. Returns the file list for the manifest.
+Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store, const Key& key,
+                                           StoreStats* stats);
+// Fetches every chunk of `files`, verifies its hash, and writes the files
+// into `dir` (which must exist), 0600. An error names the file and chunk.
+Status FetchImages(const std::vector<ImageFile>& files, Store& store, const Key& key,
+                   const std::string& dir);
+// Reads and verifies every chunk of `files` without writing anything.
+Status VerifyImages(const std::vector<ImageFile>& files, Store& store, const Key& key);
+
+// The content-defined chunk boundaries of `data`: the end offset of each chunk.
+std::vector<size_t> ChunkBoundaries(std::string_view data);
+
+}  // namespace cryo

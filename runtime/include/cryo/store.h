@@ -1,0 +1,53 @@
+// SPDX-License-Identifier: Apache-2.0
+// Store: where checkpoints live. A flat object store with keys like
+// "chunks/ab/ab12...", "manifests/<id>", "refs/<job>/latest". Implemented by
+// plugins (plugins/store/file, later S3), opened by URL through the plugin
+// registry (plugins/registry.h). See runtime/FORMAT.md for the layout.
+//
+// Durability contract: Put* may stay in volatile buffers until Flush()
+// returns; a reader never sees a partly written object (each object
+// appears whole or not at all). Callers publish in order: chunks, Flush,
+// manifest, Flush, reference (CompareAndSwap), Flush.
+//
+// Thread-safety: every method may be called from several threads at once.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "cryo/error.h"
+
+namespace cryo {
+
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // The URL this store was opened with (for messages).
+  virtual const std::string& url() const = 0;
+
+  // Writes `data` at `key`, replacing what was there.
+  virtual Status Put(std::string_view key, std::string_view data) = 0;
+  // Writes `data` at `key` unless an object is there already (content-
+  // addressed chunks). Returns whether it wrote.
+  virtual Result<bool> PutIfAbsent(std::string_view key, std::string_view data) = 0;
+  // The object at `key`; kNotFound when there is none.
+  virtual Result<std::string> Get(std::string_view key) = 0;
+  virtual Result<bool> Exists(std::string_view key) = 0;
+  // Keys starting with `prefix`, sorted.
+  virtual Result<std::vector<std::string>> List(std::string_view prefix) = 0;
+  // Removes `key`; a missing key is not an error.
+  virtual Status Delete(std::string_view key) = 0;
+  // Replaces `key` with `data` only if its current content is `expected`
+  // (nullopt: only if absent). kFailedPrecondition if someone else changed
+  // it first. For references ("refs/<job>/latest").
+  virtual Status CompareAndSwap(std::string_view key, const std::optional<std::string>& expected,
+                                std::string_view data) = 0;
+  // Makes everything written so far durable.
+  virtual Status Flush() = 0;
+};
+
+}  // namespace cryo

@@ -1,0 +1,254 @@
+// SPDX-License-Identifier: Apache-2.0
+// CRIU through `criu swrk <fd>`: a SOCK_SEQPACKET socketpair, one packed
+// criu_req / criu_resp per datagram (rpc.proto, installed with CRIU).
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "criu/rpc.pb.h"
+#include "cryo/checkpointer.h"
+#include "cryo/file_util.h"
+#include "cryo/process.h"
+
+namespace cryo {
+namespace {
+
+constexpr int kSwrkFd = 3;
+constexpr int kFirstInheritFd = 10;
+constexpr size_t kMaxMessage = 1 << 20;
+// The environment CRIU runs with: nothing of ours, no $HOME config.
+const std::vector<std::string> kCriuEnv = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                                           "HOME=/nonexistent", "LANG=C"};
+
+// The lines of CRIU's log that say what went wrong (the last few errors).
+std::string LogExcerpt(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<std::string> errors;
+  for (std::string line; std::getline(in, line);) {
+    // This one is printed on every run and is harmless.
+    if (line.find("Error") != std::string::npos &&
+        line.find("RLIMIT_NOFILE") == std::string::npos) {
+      errors.push_back(line);
+    }
+  }
+  if (errors.empty()) return "";
+  std::string out = "\nfrom CRIU's log " + path + ":";
+  size_t from = errors.size() > 8 ? errors.size() - 8 : 0;
+  for (size_t i = from; i < errors.size(); ++i) out += "\n  " + errors[i];
+  return out;
+}
+
+// One swrk session: a criu process and our end of its socket.
+class Session {
+ public:
+  static Result<Session> Start(const std::string& criu,
+                               const std::vector<std::pair<std::string, int>>& inherit,
+                               const std::string& cgroup_procs) {
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+      return SysFail("socketpair");
+    UniqueFd ours(sv[0]), theirs(sv[1]);
+    SpawnOptions spawn{.path = criu,
+                       .argv = {"criu", "swrk", std::to_string(kSwrkFd)},
+                       .env = kCriuEnv,
+                       .fds = {{kSwrkFd, theirs.get()}},
+                       .cgroup_procs = cgroup_procs};
+    int next = kFirstInheritFd;
+    for (const auto& [key, fd] : inherit) spawn.fds.push_back({next++, fd});
+    auto child = Spawn(spawn);
+    if (!child) return std::unexpected(child.error().WithContext("start CRIU"));
+    return Session(std::move(ours), std::move(*child));
+  }
+
+  Status Send(const criu_req& req) {
+    std::string bytes;
+    if (!req.SerializeToString(&bytes))
+      return Fail(ErrorKind::kInternal, "cannot encode a CRIU request");
+    if (::send(sock_.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL) !=
+        static_cast<ssize_t>(bytes.size())) {
+      return SysFail("send to CRIU");
+    }
+    return {};
+  }
+
+  Result<criu_resp> Receive() {
+    std::string buf(kMaxMessage, '\0');
+    ssize_t n;
+    do {
+      n = ::recv(sock_.get(), buf.data(), buf.size(), MSG_TRUNC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return SysFail("receive from CRIU");
+    if (n == 0) return Fail(ErrorKind::kInternal, "CRIU ended the session without an answer");
+    if (static_cast<size_t>(n) > buf.size())
+      return Fail(ErrorKind::kInternal, "CRIU answer too large");
+    criu_resp resp;
+    if (!resp.ParseFromArray(buf.data(), static_cast<int>(n))) {
+      return Fail(ErrorKind::kInternal, "cannot decode CRIU's answer");
+    }
+    return resp;
+  }
+
+  // Runs `req` to its final answer, acknowledging notifications; the
+  // post-dump one only if `commit` succeeds.
+  Result<criu_resp> Run(const criu_req& req, const CommitFn* commit, Error* commit_error) {
+    if (auto s = Send(req); !s) return std::unexpected(s.error());
+    for (;;) {
+      auto resp = Receive();
+      if (!resp) return resp;
+      if (resp->type() != NOTIFY) return resp;
+      bool ok = true;
+      if (commit != nullptr && resp->notify().script() == "post-dump") {
+        auto committed = (*commit)();
+        if (!committed) {
+          ok = false;
+          *commit_error = committed.error();
+        }
+      }
+      criu_req ack;
+      ack.set_type(NOTIFY);
+      ack.set_notify_success(ok);
+      if (auto s = Send(ack); !s) return std::unexpected(s.error());
+    }
+  }
+
+  ~Session() {
+    sock_.reset();
+    if (child_.pidfd.valid()) {
+      // CRIU exits once its socket closes; reap it (in cryod a reaper thread
+      // may get there first, which is as good).
+      pollfd p{child_.pidfd.get(), POLLIN, 0};
+      ::poll(&p, 1, 10000);
+      ::waitpid(child_.pid, nullptr, WNOHANG);
+    }
+  }
+  Session(Session&&) = default;
+
+ private:
+  Session(UniqueFd sock, Spawned child) : sock_(std::move(sock)), child_(std::move(child)) {}
+  UniqueFd sock_;
+  Spawned child_;
+};
+
+// CRIU resolves work_dir_fd in the caller (/proc/<caller>/fd/N): `work`
+// must stay open until the request is answered.
+void SetCommonOptions(criu_opts* opts, const std::string& images_dir, const UniqueFd& work,
+                      const std::string& log, bool tcp) {
+  opts->set_images_dir_fd(-1);
+  opts->set_images_dir(images_dir);
+  if (work.valid()) opts->set_work_dir_fd(work.get());
+  opts->set_log_file(log);
+  opts->set_log_level(4);
+  opts->set_notify_scripts(true);
+  opts->set_manage_cgroups_mode(IGNORE);
+  if (tcp) {
+    opts->set_tcp_established(true);
+    opts->set_network_lock(NFTABLES);
+  }
+}
+
+Result<UniqueFd> OpenWorkDir(const std::string& dir) {
+  if (dir.empty()) return UniqueFd();
+  // Not close-on-exec would not matter: CRIU opens it through /proc.
+  return OpenFile(dir, O_RDONLY | O_DIRECTORY);
+}
+
+const std::string& LogDir(const std::string& images, const std::string& work) {
+  return work.empty() ? images : work;
+}
+
+std::string Failure(const criu_resp& resp) {
+  std::string why = resp.has_cr_errmsg() && !resp.cr_errmsg().empty() ? resp.cr_errmsg() : "";
+  if (why.empty() && resp.has_cr_errno() && resp.cr_errno() != 0)
+    why = std::strerror(resp.cr_errno());
+  return why.empty() ? "" : " (" + why + ")";
+}
+
+class CriuCheckpointer final : public Checkpointer {
+ public:
+  CriuCheckpointer(std::string path, std::string version)
+      : path_(std::move(path)), version_(std::move(version)) {}
+
+  const std::string& version() const override { return version_; }
+
+  Status Dump(const DumpOptions& o, const CommitFn& commit) override {
+    auto session = Session::Start(path_, {}, "");
+    if (!session) return std::unexpected(session.error());
+    criu_req req;
+    req.set_type(DUMP);
+    auto* opts = req.mutable_opts();
+    auto work = OpenWorkDir(o.work_dir);
+    if (!work) return std::unexpected(work.error());
+    SetCommonOptions(opts, o.images_dir, *work, "dump.log", o.tcp_established);
+    opts->set_pid(o.pid);
+    opts->set_leave_running(o.leave_running);
+    if (!o.freeze_cgroup.empty()) opts->set_freeze_cgroup(o.freeze_cgroup);
+    for (const auto& e : o.external) opts->add_external(e);
+    Error commit_error(ErrorKind::kInternal, "");
+    auto resp = session->Run(req, &commit, &commit_error);
+    if (!resp) return std::unexpected(resp.error().WithContext("criu dump"));
+    if (!commit_error.message().empty()) {
+      return std::unexpected(commit_error.WithContext("checkpoint not stored, job resumed"));
+    }
+    if (!resp->success()) {
+      return Fail(ErrorKind::kFailedPrecondition,
+                  "criu dump failed" + Failure(*resp) +
+                      LogExcerpt(LogDir(o.images_dir, o.work_dir) + "/dump.log"));
+    }
+    return {};
+  }
+
+  Result<pid_t> Restore(const RestoreOptions& o) override {
+    auto session = Session::Start(path_, o.inherit_fds, o.cgroup_procs);
+    if (!session) return std::unexpected(session.error());
+    criu_req req;
+    req.set_type(RESTORE);
+    auto* opts = req.mutable_opts();
+    auto work = OpenWorkDir(o.work_dir);
+    if (!work) return std::unexpected(work.error());
+    SetCommonOptions(opts, o.images_dir, *work, "restore.log", o.tcp_established);
+    opts->set_rst_sibling(true);
+    int next = kFirstInheritFd;
+    for (const auto& [key, fd] : o.inherit_fds) {
+      auto* inherit = opts->add_inherit_fd();
+      inherit->set_key(key);
+      inherit->set_fd(next++);
+    }
+    auto resp = session->Run(req, nullptr, nullptr);
+    if (!resp) return std::unexpected(resp.error().WithContext("criu restore"));
+    if (!resp->success()) {
+      return Fail(ErrorKind::kFailedPrecondition,
+                  "criu restore failed" + Failure(*resp) +
+                      LogExcerpt(LogDir(o.images_dir, o.work_dir) + "/restore.log"));
+    }
+    return resp->restore().pid();
+  }
+
+ private:
+  std::string path_;
+  std::string version_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Checkpointer>> CreateCriuCheckpointer(const std::string& criu_path) {
+  if (criu_path.empty() || criu_path[0] != '/') {
+    return Fail(ErrorKind::kInvalidArgument, "the CRIU path must be absolute: '" + criu_path + "'");
+  }
+  auto session = Session::Start(criu_path, {}, "");
+  if (!session) return std::unexpected(session.error());
+  criu_req req;
+  req.set_type(VERSION);
+  auto resp = session->Run(req, nullptr, nullptr);
+  if (!resp) return std::unexpected(resp.error().WithContext(criu_path + " does not answer"));
+  std::string version = std::to_string(resp->version().major_number()) + "." +
+                        std::to_string(resp->version().minor_number());
+  if (resp->version().has_sublevel()) version += "." + std::to_string(resp->version().sublevel());
+  return std::make_unique<CriuCheckpointer>(criu_path, version);
+}
+
+}  // namespace cryo

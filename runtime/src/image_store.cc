@@ -1,0 +1,873 @@
+// SPDX-License-Identifier: Apache-2.0
+// Checkpoint images as content-defined, deduplicated, zstd-compressed chunks
+// plus a manifest authenticated with a keyed MAC. Layout in image_store.h and
+// runtime/FORMAT.md.
+#include "cryo/image_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sodium.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zstd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <span>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+#include "cryo/file_util.h"
+#include "cryo/unique_fd.h"
+
+namespace cryo {
+namespace {
+
+using nlohmann::json;
+
+constexpr size_t kMinChunk = size_t{64} << 10;
+constexpr size_t kMaxChunk = size_t{1} << 20;
+// Normalized chunking (FastCDC): up to kNormalChunk bytes a cut needs 18 zero
+// bits, after that 17, which narrows the spread of sizes around the average
+// (~250 KiB on random data). Stronger normalisation (more bits apart) makes
+// the cut points depend on where a chunk starts rather than on content, and
+// chunking then takes many chunks to resynchronise after an insertion.
+// The bits are the top ones because bit k of a gear hash depends on the last
+// k+1 bytes only: the top bits see a window of ~50 bytes. The easy mask is a
+// subset of the hard one, so a cut point stays one when its chunk's start
+// moves.
+constexpr size_t kNormalChunk = size_t{160} << 10;
+constexpr uint64_t kMaskHard = ~uint64_t{0} << (64 - 18);
+constexpr uint64_t kMaskEasy = ~uint64_t{0} << (64 - 17);
+
+// The gear table is fixed (splitmix64 from a fixed seed), not derived from
+// the key: boundaries are a function of the content alone.
+constexpr std::array<uint64_t, 256> MakeGearTable() {
+  std::array<uint64_t, 256> table{};
+  uint64_t state = 0x6372796f67656172;  // "cryogear"
+  for (auto& entry : table) {
+    state += 0x9e3779b97f4a7c15;
+    uint64_t z = state;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111eb;
+    entry = z ^ (z >> 31);
+  }
+  return table;
+}
+constexpr std::array<uint64_t, 256> kGear = MakeGearTable();
+
+constexpr unsigned char kCodecRaw = 0;
+constexpr unsigned char kCodecZstd = 1;
+constexpr int kZstdLevel = 1;
+constexpr size_t kHashBytes = 32;
+constexpr size_t kHashHexChars = 2 * kHashBytes;
+constexpr std::string_view kManifestMagic = "cryo-manifest";
+
+// ---------------------------------------------------------------------------
+// Chunking
+
+bool IsAllZero(const unsigned char* p, size_t n) {
+  return n > 0 && p[0] == 0 && std::memcmp(p, p + 1, n - 1) == 0;
+}
+
+// A zero byte maps this gear hash to itself ((h << 1) + g0 == h for h = -g0),
+// and any 64 zero bytes lead to it. It matches neither mask, so a block of
+// zeros hashed from this state holds no cut and leaves the state as it was:
+// runs of zero pages, common in memory images, are skipped at memcmp speed.
+constexpr uint64_t kZeroRunHash = uint64_t{0} - kGear[0];
+static_assert((kZeroRunHash << 1) + kGear[0] == kZeroRunHash);
+static_assert((kZeroRunHash & kMaskEasy) != 0 && (kZeroRunHash & kMaskHard) != 0);
+constexpr size_t kZeroBlock = 4096;
+
+// Scans p[from, to) for a cut point under `mask`, updating the gear hash `h`.
+// Returns the chunk length (the cut's offset + 1), or 0 if there is none.
+inline size_t FindCut(const unsigned char* p, size_t from, size_t to, uint64_t mask, uint64_t& h) {
+  size_t i = from;
+  while (i < to) {
+    size_t block_end = std::min(to, i + kZeroBlock);
+    if (h == kZeroRunHash && IsAllZero(p + i, block_end - i)) {
+      i = block_end;
+      continue;
+    }
+    // Two bytes per step: h advances by one shift and one add per two bytes,
+    // which halves the loop's dependency chain; the odd position's hash is
+    // computed off that chain.
+    for (; i + 2 <= block_end; i += 2) {
+      uint64_t g0 = kGear[p[i]];
+      uint64_t g1 = kGear[p[i + 1]];
+      uint64_t h0 = (h << 1) + g0;
+      h = (h << 2) + ((g0 << 1) + g1);
+      if ((h0 & mask) == 0) return i + 1;
+      if ((h & mask) == 0) return i + 2;
+    }
+    for (; i < block_end; ++i) {
+      h = (h << 1) + kGear[p[i]];
+      if ((h & mask) == 0) return i + 1;
+    }
+  }
+  return 0;
+}
+
+// The length of the chunk that starts at p, of the n bytes left.
+size_t ChunkLength(const unsigned char* p, size_t n) {
+  if (n <= kMinChunk) return n;
+  size_t limit = std::min(n, kMaxChunk);
+  size_t normal = std::min(limit, kNormalChunk);
+  uint64_t h = 0;  // no cut can fall in the first kMinChunk bytes: skip them
+  if (size_t cut = FindCut(p, kMinChunk, normal, kMaskHard, h)) return cut;
+  if (size_t cut = FindCut(p, normal, limit, kMaskEasy, h)) return cut;
+  return limit;
+}
+
+// ---------------------------------------------------------------------------
+// Keys and hashes
+
+void EnsureSodium() {
+  static const bool ok = sodium_init() >= 0;  // thread-safe static init
+  if (!ok) {
+    std::fputs("cryo: libsodium failed to initialise\n", stderr);
+    std::abort();
+  }
+}
+
+using SubKey = std::array<unsigned char, crypto_generichash_KEYBYTES>;
+static_assert(Key::kBytes == crypto_kdf_KEYBYTES);
+
+// Chunk names and manifest MACs use separate subkeys, so that neither use
+// can be turned into the other.
+SubKey DeriveSubKey(const Key& key, const char (&context)[crypto_kdf_CONTEXTBYTES + 1]) {
+  EnsureSodium();
+  SubKey sub;
+  crypto_kdf_derive_from_key(sub.data(), sub.size(), 1, context, key.bytes().data());
+  return sub;
+}
+SubKey ChunkSubKey(const Key& key) { return DeriveSubKey(key, "cryochnk"); }
+SubKey ManifestSubKey(const Key& key) { return DeriveSubKey(key, "cryomanf"); }
+
+std::array<unsigned char, kHashBytes> KeyedHash(const SubKey& sub, std::string_view data) {
+  std::array<unsigned char, kHashBytes> out;
+  crypto_generichash(out.data(), out.size(), reinterpret_cast<const unsigned char*>(data.data()),
+                     data.size(), sub.data(), sub.size());
+  return out;
+}
+
+std::string ToHex(const std::array<unsigned char, kHashBytes>& bin) {
+  char hex[kHashHexChars + 1];
+  sodium_bin2hex(hex, sizeof hex, bin.data(), bin.size());
+  return std::string(hex, kHashHexChars);
+}
+
+std::string ChunkHash(const SubKey& sub, std::string_view data) {
+  return ToHex(KeyedHash(sub, data));
+}
+
+// Names chunks. Thread-safe. Zero chunks, common in memory images, are
+// hashed once per size.
+class ChunkHasher {
+ public:
+  explicit ChunkHasher(const Key& key) : key_(ChunkSubKey(key)) {}
+
+  std::string Hash(std::string_view data) {
+    if (!IsAllZero(reinterpret_cast<const unsigned char*>(data.data()), data.size()))
+      return ChunkHash(key_, data);
+    {
+      std::lock_guard lock(mu_);
+      if (auto it = zero_hashes_.find(data.size()); it != zero_hashes_.end()) return it->second;
+    }
+    std::string hash = ChunkHash(key_, data);
+    std::lock_guard lock(mu_);
+    zero_hashes_.emplace(data.size(), hash);
+    return hash;
+  }
+
+ private:
+  const SubKey key_;
+  std::mutex mu_;
+  std::unordered_map<size_t, std::string> zero_hashes_;
+};
+
+bool IsHashHex(std::string_view s) {
+  return s.size() == kHashHexChars && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+// "3f9a12b4c5d6..." : enough of a hash to find its chunk in a message.
+std::string ShortHash(std::string_view hash) { return std::string(hash.substr(0, 12)) + "..."; }
+
+bool IsValidFileName(std::string_view name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string_view::npos &&
+         name.find('\0') == std::string_view::npos;
+}
+
+// ---------------------------------------------------------------------------
+// Chunk encoding: 1 byte codec + payload.
+
+struct ZstdCCtxFree {
+  void operator()(ZSTD_CCtx* c) const { ZSTD_freeCCtx(c); }
+};
+struct ZstdDCtxFree {
+  void operator()(ZSTD_DCtx* d) const { ZSTD_freeDCtx(d); }
+};
+using ZstdCCtx = std::unique_ptr<ZSTD_CCtx, ZstdCCtxFree>;
+using ZstdDCtx = std::unique_ptr<ZSTD_DCtx, ZstdDCtxFree>;
+
+// Encodes `data` into `out` (reused between chunks to spare allocations):
+// zstd if that is smaller, raw otherwise.
+void EncodeChunk(ZSTD_CCtx* cctx, std::string_view data, std::string& out) {
+  out.resize_and_overwrite(1 + ZSTD_compressBound(data.size()), [&](char* buf, size_t cap) {
+    size_t n = ZSTD_compressCCtx(cctx, buf + 1, cap - 1, data.data(), data.size(), kZstdLevel);
+    if (!ZSTD_isError(n) && n < data.size()) {
+      buf[0] = static_cast<char>(kCodecZstd);
+      return 1 + n;
+    }
+    buf[0] = static_cast<char>(kCodecRaw);
+    std::memcpy(buf + 1, data.data(), data.size());
+    return 1 + data.size();
+  });
+}
+
+// Decodes a stored chunk of `size` plaintext bytes. The result points into
+// `stored` or `buf`. The error is the reason it is corrupt.
+Result<std::string_view> DecodeChunk(ZSTD_DCtx* dctx, std::string_view stored, uint64_t size,
+                                     std::string& buf) {
+  if (stored.empty()) return Fail(ErrorKind::kCorrupt, "empty object");
+  auto codec = static_cast<unsigned char>(stored[0]);
+  std::string_view payload = stored.substr(1);
+  auto wrong_size = [&](uint64_t got) {
+    return Fail(ErrorKind::kCorrupt,
+                "holds " + std::to_string(got) + " bytes, expected " + std::to_string(size));
+  };
+  switch (codec) {
+    case kCodecRaw:
+      if (payload.size() != size) return wrong_size(payload.size());
+      return payload;
+    case kCodecZstd: {
+      unsigned long long content = ZSTD_getFrameContentSize(payload.data(), payload.size());
+      if (content == ZSTD_CONTENTSIZE_ERROR || content == ZSTD_CONTENTSIZE_UNKNOWN)
+        return Fail(ErrorKind::kCorrupt, "bad zstd frame");
+      if (content != size) return wrong_size(content);
+      std::optional<std::string> error;
+      buf.resize_and_overwrite(size, [&](char* out, size_t) {
+        size_t n = ZSTD_decompressDCtx(dctx, out, size, payload.data(), payload.size());
+        if (ZSTD_isError(n)) {
+          error = std::string("zstd: ") + ZSTD_getErrorName(n);
+          return size_t{0};
+        }
+        if (n != size) error = "decompresses to " + std::to_string(n) + " bytes";
+        return n;
+      });
+      if (error) return Fail(ErrorKind::kCorrupt, *error);
+      return std::string_view(buf);
+    }
+    default:
+      return Fail(ErrorKind::kCorrupt, "unknown codec " + std::to_string(codec));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Files
+
+// Owns a read-only mapping of a whole file (none for an empty file).
+class MappedFile {
+ public:
+  static Result<MappedFile> Open(const std::string& path) {
+    auto fd = OpenFile(path, O_RDONLY | O_NOFOLLOW);
+    if (!fd) return std::unexpected(fd.error());
+    struct stat st {};
+    if (::fstat(fd->get(), &st) != 0) return SysFail("stat " + path);
+    if (!S_ISREG(st.st_mode)) return Fail(ErrorKind::kInvalidArgument, path + " is not a file");
+    MappedFile file;
+    file.size_ = static_cast<size_t>(st.st_size);
+    if (file.size_ == 0) return file;
+    void* p = ::mmap(nullptr, file.size_, PROT_READ, MAP_PRIVATE, fd->get(), 0);
+    if (p == MAP_FAILED) return SysFail("mmap " + path);
+    file.data_ = static_cast<const char*>(p);
+    ::madvise(p, file.size_, MADV_SEQUENTIAL);
+    return file;
+  }
+  MappedFile(MappedFile&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+  MappedFile& operator=(MappedFile&&) = delete;
+  ~MappedFile() {
+    if (data_ != nullptr) ::munmap(const_cast<char*>(data_), size_);
+  }
+
+  std::string_view data() const { return {data_, size_}; }
+
+ private:
+  MappedFile() = default;
+  const char* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// The names of the regular files in `dir` (not following symlinks), sorted.
+Result<std::vector<std::string>> ListRegularFiles(const std::string& dir) {
+  std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
+  if (!d) return SysFail("open directory " + dir);
+  std::vector<std::string> names;
+  errno = 0;
+  while (dirent* e = ::readdir(d.get())) {
+    struct stat st {};
+    if (::fstatat(::dirfd(d.get()), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+      return SysFail("stat " + dir + "/" + e->d_name);
+    if (S_ISREG(st.st_mode)) names.emplace_back(e->d_name);
+    errno = 0;
+  }
+  if (errno != 0) return SysFail("read directory " + dir);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+Status PwriteAll(int fd, std::string_view data, uint64_t offset) {
+  while (!data.empty()) {
+    ssize_t n = ::pwrite(fd, data.data(), data.size(), static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return SysFail("write");
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+    offset += static_cast<uint64_t>(n);
+  }
+  return {};
+}
+
+size_t WorkerCount() { return std::max(2u, std::thread::hardware_concurrency()); }
+
+// Keeps the error of the earliest piece of work that failed, so that a
+// parallel run reports what a sequential one would.
+class FirstError {
+ public:
+  void Set(size_t order, Error error) {
+    std::lock_guard lock(mu_);
+    if (!error_ || order < order_) {
+      error_ = std::move(error);
+      order_ = order;
+    }
+    failed_.store(true, std::memory_order_relaxed);
+  }
+  bool failed() const { return failed_.load(std::memory_order_relaxed); }
+  Status status() const {
+    std::lock_guard lock(mu_);
+    if (error_) return std::unexpected(*error_);
+    return {};
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::optional<Error> error_;
+  size_t order_ = 0;
+  std::atomic<bool> failed_{false};
+};
+
+// ---------------------------------------------------------------------------
+// Storing: one thread cuts chunks and queues them, workers hash, compress and
+// upload them.
+
+struct ChunkTask {
+  std::string_view data;
+  size_t file;
+  size_t index;
+  size_t order;  // position among all chunks of the call
+};
+
+// A bounded queue, so the cutter stays close to the workers and the bytes it
+// read are still in cache when they are hashed.
+class ChunkQueue {
+ public:
+  explicit ChunkQueue(size_t capacity) : capacity_(capacity) {}
+  void Push(ChunkTask task) {
+    std::unique_lock lock(mu_);
+    not_full_.wait(lock, [&] { return items_.size() < capacity_; });
+    items_.push_back(task);
+    not_empty_.notify_one();
+  }
+  // nullopt once the queue is closed and drained.
+  std::optional<ChunkTask> Pop() {
+    std::unique_lock lock(mu_);
+    not_empty_.wait(lock, [&] { return !items_.empty() || closed_; });
+    if (items_.empty()) return std::nullopt;
+    ChunkTask task = items_.front();
+    items_.pop_front();
+    not_full_.notify_one();
+    return task;
+  }
+  void Close() {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+    not_empty_.notify_all();
+  }
+
+ private:
+  const size_t capacity_;
+  std::mutex mu_;
+  std::condition_variable not_empty_;
+  std::condition_variable not_full_;
+  std::deque<ChunkTask> items_;
+  bool closed_ = false;
+};
+
+class ImageUploader {
+ public:
+  ImageUploader(Store& store, const Key& key, std::vector<ImageFile>& files)
+      : store_(store), hasher_(key), files_(files) {}
+
+  // Cuts `data` (file number `file`) into chunks and queues them.
+  void Cut(size_t file, std::string_view data) {
+    const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+    size_t index = 0;
+    for (size_t offset = 0; offset < data.size() && !errors_.failed(); ++index) {
+      size_t len = ChunkLength(p + offset, data.size() - offset);
+      queue_.Push({data.substr(offset, len), file, index, order_++});
+      offset += len;
+    }
+  }
+  // Records an error of the cutting thread (after those of chunks cut so far).
+  void SetError(Error error) { errors_.Set(order_, std::move(error)); }
+  bool failed() const { return errors_.failed(); }
+
+  // Runs the workers until Finish().
+  void Start() {
+    for (size_t i = 0; i < WorkerCount(); ++i) workers_.emplace_back([this] { Work(); });
+  }
+  Status Finish(StoreStats* stats) {
+    queue_.Close();
+    workers_.clear();  // joins
+    if (auto s = errors_.status(); !s) return s;
+    StoreStats total;
+    for (size_t f = 0; f < files_.size(); ++f) {
+      files_[f].chunks = std::move(results_[f]);
+      total.bytes += files_[f].size;
+      total.chunks += files_[f].chunks.size();
+    }
+    total.new_bytes = new_bytes_;
+    total.new_chunks = new_chunks_;
+    if (stats != nullptr) *stats = total;
+    return {};
+  }
+
+ private:
+  void Work() {
+    ZstdCCtx cctx(ZSTD_createCCtx());
+    std::string encoded;
+    while (auto task = queue_.Pop()) {
+      if (errors_.failed()) continue;  // drain
+      if (auto s = Upload(*task, cctx.get(), encoded); !s) {
+        errors_.Set(task->order, s.error().WithContext("image " + files_[task->file].name +
+                                                       ": chunk " + std::to_string(task->index)));
+      }
+    }
+  }
+
+  Status Upload(const ChunkTask& task, ZSTD_CCtx* cctx, std::string& encoded) {
+    std::string hash = hasher_.Hash(task.data);
+    bool first_sighting;
+    {
+      std::lock_guard lock(mu_);
+      auto& chunks = results_[task.file];
+      if (chunks.size() <= task.index) chunks.resize(task.index + 1);
+      chunks[task.index] = ChunkRef{hash, task.data.size()};
+      first_sighting = seen_.insert(hash).second;
+    }
+    if (!first_sighting) return {};  // a duplicate within this call
+    std::string key = ChunkKey(hash);
+    auto exists = store_.Exists(key);
+    if (!exists) return std::unexpected(exists.error());
+    if (*exists) return {};
+    EncodeChunk(cctx, task.data, encoded);
+    auto wrote = store_.PutIfAbsent(key, encoded);
+    if (!wrote) return std::unexpected(wrote.error());
+    if (*wrote) {
+      new_bytes_ += encoded.size();
+      ++new_chunks_;
+    }
+    return {};
+  }
+
+  Store& store_;
+  ChunkHasher hasher_;
+  std::vector<ImageFile>& files_;
+  ChunkQueue queue_{4 * WorkerCount()};
+  FirstError errors_;
+  size_t order_ = 0;  // used by the cutting thread only
+  std::atomic<uint64_t> new_bytes_{0};
+  std::atomic<uint64_t> new_chunks_{0};
+  std::mutex mu_;  // guards the two below
+  std::vector<std::vector<ChunkRef>> results_{files_.size()};
+  std::unordered_set<std::string> seen_;
+  std::vector<std::jthread> workers_;  // last: joined before the rest is destroyed
+};
+
+// ---------------------------------------------------------------------------
+// Fetching and verifying
+
+// Checks what can be checked of `files` before touching the store.
+Status ValidateImageFiles(const std::vector<ImageFile>& files) {
+  std::set<std::string_view> names;
+  for (const auto& file : files) {
+    if (!IsValidFileName(file.name))
+      return Fail(ErrorKind::kCorrupt, "image file name \"" + file.name + "\" is not a plain name");
+    if (!names.insert(file.name).second)
+      return Fail(ErrorKind::kCorrupt, "image " + file.name + " is listed twice");
+    uint64_t sum = 0;
+    for (const auto& chunk : file.chunks) {
+      if (!IsHashHex(chunk.hash))
+        return Fail(ErrorKind::kCorrupt, "image " + file.name + ": malformed chunk hash");
+      if (chunk.size == 0 || chunk.size > kMaxChunk)
+        return Fail(ErrorKind::kCorrupt, "image " + file.name + ": chunk " + ShortHash(chunk.hash) +
+                                             " has impossible size " + std::to_string(chunk.size));
+      sum += chunk.size;
+    }
+    if (sum != file.size)
+      return Fail(ErrorKind::kCorrupt, "image " + file.name + ": chunks add up to " +
+                                           std::to_string(sum) + " bytes, the manifest says " +
+                                           std::to_string(file.size));
+  }
+  return {};
+}
+
+struct FetchTask {
+  size_t file;
+  size_t index;
+  uint64_t offset;
+};
+
+// Fetches and verifies every chunk of `files` in parallel; writes each into
+// fds[file] at its offset when `fds` is given, except chunks of zeros (the
+// files must have their final size already, so those read back as zeros).
+Status FetchChunks(const std::vector<ImageFile>& files, Store& store, const Key& key,
+                   const std::vector<UniqueFd>* fds) {
+  std::vector<FetchTask> tasks;
+  for (size_t f = 0; f < files.size(); ++f) {
+    uint64_t offset = 0;
+    for (size_t i = 0; i < files[f].chunks.size(); ++i) {
+      tasks.push_back({f, i, offset});
+      offset += files[f].chunks[i].size;
+    }
+  }
+  ChunkHasher hasher(key);
+  std::atomic<size_t> next{0};
+  FirstError errors;
+  auto fetch_one = [&](const FetchTask& task, ZSTD_DCtx* dctx, std::string& buf) -> Status {
+    const ImageFile& file = files[task.file];
+    const ChunkRef& ref = file.chunks[task.index];
+    std::string what = "image " + file.name + ": chunk " + ShortHash(ref.hash);
+    auto stored = store.Get(ChunkKey(ref.hash));
+    if (!stored) {
+      if (stored.error().kind() == ErrorKind::kNotFound)
+        return Fail(ErrorKind::kCorrupt, what + " is missing from " + store.url());
+      return std::unexpected(stored.error().WithContext(what + " from " + store.url()));
+    }
+    auto plain = DecodeChunk(dctx, *stored, ref.size, buf);
+    if (!plain)
+      return Fail(ErrorKind::kCorrupt, what + " is corrupt (" + plain.error().message() + ")");
+    if (hasher.Hash(*plain) != ref.hash)
+      return Fail(ErrorKind::kCorrupt, what + " is corrupt (hash mismatch)");
+    // The files were sized beforehand: zero chunks stay holes.
+    bool zero = IsAllZero(reinterpret_cast<const unsigned char*>(plain->data()), plain->size());
+    if (fds != nullptr && !zero) {
+      if (auto w = PwriteAll((*fds)[task.file].get(), *plain, task.offset); !w)
+        return std::unexpected(w.error().WithContext("image " + file.name));
+    }
+    return {};
+  };
+  auto work = [&] {
+    ZstdDCtx dctx(ZSTD_createDCtx());
+    std::string buf;
+    while (!errors.failed()) {
+      size_t t = next.fetch_add(1);
+      if (t >= tasks.size()) break;
+      if (auto s = fetch_one(tasks[t], dctx.get(), buf); !s) errors.Set(t, s.error());
+    }
+  };
+  {
+    std::vector<std::jthread> workers;
+    size_t count = std::min(WorkerCount(), std::max<size_t>(tasks.size(), 1));
+    for (size_t i = 1; i < count; ++i) workers.emplace_back(work);
+    work();
+  }
+  return errors.status();
+}
+
+// ---------------------------------------------------------------------------
+// Manifest
+
+json FileToJson(const ImageFile& file) {
+  json chunks = json::array();
+  for (const auto& c : file.chunks) chunks.push_back(json::array({c.hash, c.size}));
+  return {{"name", file.name}, {"size", file.size}, {"chunks", std::move(chunks)}};
+}
+
+// Throws json::exception on a missing or mistyped field.
+std::optional<ImageFile> FileFromJson(const json& j) {
+  ImageFile file;
+  file.name = j.at("name").get<std::string>();
+  file.size = j.at("size").get<uint64_t>();
+  for (const auto& c : j.at("chunks")) {
+    if (!c.is_array() || c.size() != 2) return std::nullopt;
+    file.chunks.push_back({c.at(0).get<std::string>(), c.at(1).get<uint64_t>()});
+  }
+  return file;
+}
+
+std::string ManifestMac(const Key& key, std::string_view body) {
+  return ToHex(KeyedHash(ManifestSubKey(key), body));
+}
+
+Status ValidateManifest(const Manifest& m) {
+  if (m.id.empty()) return Fail(ErrorKind::kCorrupt, "manifest has no checkpoint id");
+  for (const auto& file : m.files) {
+    if (!IsValidFileName(file.name))
+      return Fail(ErrorKind::kCorrupt, "manifest " + m.id + ": image file name \"" + file.name +
+                                           "\" is not a plain name");
+    for (const auto& chunk : file.chunks) {
+      if (!IsHashHex(chunk.hash))
+        return Fail(ErrorKind::kCorrupt,
+                    "manifest " + m.id + ": image " + file.name + " has a malformed chunk hash");
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Public functions
+
+Result<Key> Key::LoadOrCreate(const std::string& path) {
+  EnsureSodium();
+  int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) {
+    std::array<unsigned char, kBytes> bytes;
+    randombytes_buf(bytes.data(), bytes.size());
+    auto s = WriteFileAtomic(
+        path, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), 0600);
+    if (!s) return std::unexpected(s.error().WithContext("create key file " + path));
+    Key key(bytes);
+    sodium_memzero(bytes.data(), bytes.size());
+    return key;
+  }
+  if (fd < 0) return SysFail("open key file " + path);
+  UniqueFd owner(fd);
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return SysFail("stat key file " + path);
+  if (!S_ISREG(st.st_mode))
+    return Fail(ErrorKind::kCorrupt, "key file " + path + " is not a regular file");
+  if ((st.st_mode & 066) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return Fail(ErrorKind::kPermissionDenied, "key file " + path + " has mode " + mode +
+                                                  ": others could read or replace it (run "
+                                                  "'chmod 600 " +
+                                                  path + "')");
+  }
+  std::array<char, kBytes + 1> buf;
+  auto n = ReadFull(fd, buf);
+  if (!n) return std::unexpected(n.error().WithContext("read key file " + path));
+  if (*n != kBytes) {
+    sodium_memzero(buf.data(), buf.size());
+    return Fail(ErrorKind::kCorrupt, "key file " + path + " holds " +
+                                         (*n > kBytes ? "more than 32" : std::to_string(*n)) +
+                                         " bytes; a cryo key is exactly 32 random bytes");
+  }
+  std::array<unsigned char, kBytes> bytes;
+  std::memcpy(bytes.data(), buf.data(), kBytes);
+  sodium_memzero(buf.data(), buf.size());
+  Key key(bytes);
+  sodium_memzero(bytes.data(), bytes.size());
+  return key;
+}
+
+std::vector<size_t> ChunkBoundaries(std::string_view data) {
+  std::vector<size_t> ends;
+  const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+  for (size_t offset = 0; offset < data.size();) {
+    offset += ChunkLength(p + offset, data.size() - offset);
+    ends.push_back(offset);
+  }
+  return ends;
+}
+
+std::string ChunkKey(std::string_view hash) {
+  return "chunks/" + std::string(hash.substr(0, 2)) + "/" + std::string(hash);
+}
+std::string ManifestKey(std::string_view id) { return "manifests/" + std::string(id); }
+std::string LatestRefKey(std::string_view job) { return "refs/" + std::string(job) + "/latest"; }
+
+Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store, const Key& key,
+                                           StoreStats* stats) {
+  auto names = ListRegularFiles(dir);
+  if (!names) return std::unexpected(names.error());
+  std::vector<ImageFile> files(names->size());
+  for (size_t f = 0; f < files.size(); ++f) files[f].name = (*names)[f];
+
+  std::vector<MappedFile> mapped;  // declared first: outlives the workers that read it
+  ImageUploader uploader(store, key, files);
+  uploader.Start();
+  for (size_t f = 0; f < files.size() && !uploader.failed(); ++f) {
+    auto file = MappedFile::Open(dir + "/" + files[f].name);
+    if (!file) {
+      uploader.SetError(file.error());
+      break;
+    }
+    files[f].size = file->data().size();
+    mapped.push_back(std::move(*file));
+    uploader.Cut(f, mapped.back().data());
+  }
+  if (auto s = uploader.Finish(stats); !s) return std::unexpected(s.error());
+  return files;
+}
+
+Status FetchImages(const std::vector<ImageFile>& files, Store& store, const Key& key,
+                   const std::string& dir) {
+  if (auto s = ValidateImageFiles(files); !s) return s;
+  std::vector<UniqueFd> fds;
+  std::vector<std::string> created;
+  auto status = [&]() -> Status {
+    for (const auto& file : files) {
+      std::string path = dir + "/" + file.name;
+      auto fd = OpenFile(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600);
+      if (!fd) return std::unexpected(fd.error().WithContext("restore image " + file.name));
+      created.push_back(path);
+      if (::ftruncate(fd->get(), static_cast<off_t>(file.size)) != 0)
+        return SysFail("restore image " + file.name + ": resize " + path);
+      fds.push_back(std::move(*fd));
+    }
+    if (auto s = FetchChunks(files, store, key, &fds); !s) return s;
+    for (size_t f = 0; f < files.size(); ++f) {
+      struct stat st {};
+      if (::fstat(fds[f].get(), &st) != 0) return SysFail("stat " + created[f]);
+      if (static_cast<uint64_t>(st.st_size) != files[f].size)
+        return Fail(ErrorKind::kCorrupt, "image " + files[f].name + ": is " +
+                                             std::to_string(st.st_size) + " bytes, expected " +
+                                             std::to_string(files[f].size));
+    }
+    return {};
+  }();
+  if (!status) {
+    // Leave no partial images behind for someone to restore from.
+    for (const auto& path : created) ::unlink(path.c_str());
+  }
+  return status;
+}
+
+Status VerifyImages(const std::vector<ImageFile>& files, Store& store, const Key& key) {
+  if (auto s = ValidateImageFiles(files); !s) return s;
+  return FetchChunks(files, store, key, nullptr);
+}
+
+std::string EncodeManifest(const Manifest& m, const Key& key) {
+  json files = json::array();
+  for (const auto& file : m.files) files.push_back(FileToJson(file));
+  json j = {
+      {"format_version", m.format_version},
+      {"id", m.id},
+      {"job", m.job},
+      {"parent", m.parent},
+      {"created_unix_ms", m.created_unix_ms},
+      {"host", m.host},
+      {"kernel", m.kernel},
+      {"criu_version", m.criu_version},
+      {"uid", m.uid},
+      {"gid", m.gid},
+      {"groups", m.groups},
+      {"argv", m.argv},
+      {"env", m.env},
+      {"cwd", m.cwd},
+      {"criu_options", m.criu_options},
+      {"stdout_key", m.stdout_key},
+      {"stderr_key", m.stderr_key},
+      {"files", std::move(files)},
+      {"image_bytes", m.image_bytes},
+      {"stored_bytes", m.stored_bytes},
+      {"phases", m.phases},
+  };
+  // Invalid UTF-8 (possible in argv and env) is replaced rather than thrown.
+  std::string body = j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+  return std::string(kManifestMagic) + " " + std::to_string(Manifest::kFormatVersion) + " " +
+         ManifestMac(key, body) + "\n" + body;
+}
+
+Result<Manifest> DecodeManifest(std::string_view data, const Key& key) {
+  size_t eol = data.substr(0, 128).find('\n');
+  std::string_view header = data.substr(0, eol);
+  if (eol == std::string_view::npos || !header.starts_with(std::string(kManifestMagic) + " "))
+    return Fail(ErrorKind::kCorrupt, "not a cryo manifest (bad header)");
+  header.remove_prefix(kManifestMagic.size() + 1);
+  size_t space = header.find(' ');
+  std::string_view version = header.substr(0, space);
+  if (version != std::to_string(Manifest::kFormatVersion))
+    return Fail(ErrorKind::kCorrupt, "manifest format version \"" + std::string(version) +
+                                         "\" is not supported by this cryo (it reads version " +
+                                         std::to_string(Manifest::kFormatVersion) + ")");
+  std::string_view mac_hex = space == std::string_view::npos ? "" : header.substr(space + 1);
+  std::array<unsigned char, kHashBytes> mac{};
+  size_t mac_len = 0;
+  // Only the canonical (lower-case) spelling: no byte of a manifest can
+  // change without it being refused.
+  if (!IsHashHex(mac_hex) ||
+      sodium_hex2bin(mac.data(), mac.size(), mac_hex.data(), mac_hex.size(), nullptr, &mac_len,
+                     nullptr) != 0 ||
+      mac_len != kHashBytes)
+    return Fail(ErrorKind::kCorrupt, "not a cryo manifest (malformed MAC)");
+  std::string_view body = data.substr(eol + 1);
+  auto expected = KeyedHash(ManifestSubKey(key), body);
+  if (sodium_memcmp(mac.data(), expected.data(), kHashBytes) != 0)
+    return Fail(ErrorKind::kCorrupt,
+                "manifest authentication failed: it was modified or written with another key");
+
+  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return Fail(ErrorKind::kCorrupt, "manifest body is not a JSON object");
+  Manifest m;
+  try {
+    m.format_version = j.at("format_version").get<int>();
+    if (m.format_version != Manifest::kFormatVersion)
+      return Fail(ErrorKind::kCorrupt, "manifest format version " +
+                                           std::to_string(m.format_version) +
+                                           " is not supported by this cryo");
+    m.id = j.at("id").get<std::string>();
+    m.job = j.at("job").get<std::string>();
+    m.parent = j.at("parent").get<std::string>();
+    m.created_unix_ms = j.at("created_unix_ms").get<int64_t>();
+    m.host = j.at("host").get<std::string>();
+    m.kernel = j.at("kernel").get<std::string>();
+    m.criu_version = j.at("criu_version").get<std::string>();
+    m.uid = j.at("uid").get<uid_t>();
+    m.gid = j.at("gid").get<gid_t>();
+    m.groups = j.at("groups").get<std::vector<gid_t>>();
+    m.argv = j.at("argv").get<std::vector<std::string>>();
+    m.env = j.at("env").get<std::vector<std::string>>();
+    m.cwd = j.at("cwd").get<std::string>();
+    m.criu_options = j.at("criu_options").get<std::map<std::string, std::string>>();
+    m.stdout_key = j.at("stdout_key").get<std::string>();
+    m.stderr_key = j.at("stderr_key").get<std::string>();
+    for (const auto& file : j.at("files")) {
+      auto parsed = FileFromJson(file);
+      if (!parsed)
+        return Fail(ErrorKind::kCorrupt, "manifest: malformed chunk list in " + file.dump());
+      m.files.push_back(std::move(*parsed));
+    }
+    m.image_bytes = j.at("image_bytes").get<uint64_t>();
+    m.stored_bytes = j.at("stored_bytes").get<uint64_t>();
+    m.phases = j.at("phases").get<PhaseTimes>();
+  } catch (const json::exception& e) {
+    return Fail(ErrorKind::kCorrupt, std::string("manifest: ") + e.what());
+  }
+  if (auto s = ValidateManifest(m); !s) return std::unexpected(s.error());
+  return m;
+}
+
+}  // namespace cryo

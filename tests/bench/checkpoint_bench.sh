@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Benchmark: `cryo checkpoint` / `cryo restore` against raw `criu dump` /
+# `criu restore` of the same kind of process (half random, half
+# compressible memory), to the same filesystem, side by side in one run.
+# Prints each measurement, the medians and the ratios cryo/raw.
+#
+#   tests/bench/checkpoint_bench.sh [SIZES_MIB...]     (default: 1024 4096)
+#
+# Environment: REPS (default 3), CRYO_BUILD_DIR (default ./build),
+# BENCH_DIR (default /var/tmp; must not be tmpfs to compare like with like).
+# Targets (issue 3): frozen time <= 1.0x raw dump, total checkpoint <= 1.5x,
+# restore <= 1.2x.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+build=${CRYO_BUILD_DIR:-$top/build}
+criu=${CRYO_CRIU:-/opt/cryo/criu/sbin/criu}
+reps=${REPS:-3}
+sizes=("$@")
+((${#sizes[@]})) || sizes=(1024 4096)
+hog=$build/tests/e2e/programs/memory_hog
+[[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 1; }
+[[ -x $hog && -x $build/bin/cryod ]] || { echo "build first (tools/setup.sh)" >&2; exit 1; }
+
+work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/cryo-bench.XXXXXX")
+export CRYO_SOCKET=$work/cryod.sock
+cryo() { "$build/bin/cryo" "$@"; }
+cryod_pid=
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  cryo rm --force bench >/dev/null 2>&1 || true
+  [[ -n $cryod_pid ]] && kill "$cryod_pid" 2>/dev/null && wait "$cryod_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+now() { date +%s.%N; }
+elapsed() { echo "$(now) - $1" | bc -l; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+wait_ready() { for _ in $(seq 600); do grep -q ready "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+
+exec 3>"$work/ready"
+"$build/bin/cryod" --state-dir "$work/state" --socket "$CRYO_SOCKET" --ready-fd 3 2>"$work/cryod.log" &
+cryod_pid=$!
+exec 3>&-
+for _ in $(seq 100); do [[ -s $work/ready ]] && break; sleep 0.1; done
+
+printf 'filesystem of %s: %s\n' "$work" "$(stat -f -c %T "$work")"
+for mib in "${sizes[@]}"; do
+  raw_dump=() raw_restore=() cryo_frozen=() cryo_total=() cryo_restore=()
+  for rep in $(seq "$reps"); do
+    # Raw CRIU: the program as a session leader, dumped and restored by hand.
+    rm -rf "$work/raw" && mkdir -p "$work/raw"
+    setsid "$hog" "$mib" mixed >"$work/raw.out" 2>&1 </dev/null &
+    pid=$!
+    pids+=("$pid")
+    wait_ready "$work/raw.out"
+    t=$(now)
+    "$criu" dump -t "$pid" -D "$work/raw" -o dump.log --tcp-established --network-lock nftables
+    sync -f "$work/raw"
+    raw_dump+=("$(elapsed "$t")")
+    wait "$pid" 2>/dev/null || true
+    t=$(now)
+    "$criu" restore -D "$work/raw" -o restore.log --restore-detached --tcp-established \
+      --network-lock nftables --pidfile "$work/raw.pid"
+    raw_restore+=("$(elapsed "$t")")
+    kill -9 "$(cat "$work/raw.pid")" 2>/dev/null || true
+
+    # cryo: the same program as a job, checkpointed with --stop and restored.
+    cryo rm --force bench >/dev/null 2>&1 || true
+    cryo run -d --name bench -- "$hog" "$mib" mixed >/dev/null
+    for _ in $(seq 600); do cryo logs bench | grep -q ready && break; sleep 0.05; done
+    t=$(now)
+    json=$(cryo checkpoint --stop --json bench)
+    cryo_total+=("$(elapsed "$t")")
+    cryo_frozen+=("$(python3 -c 'import json,sys; print(json.load(sys.stdin)["phases_ms"]["dump"]/1000)' <<<"$json")")
+    t=$(now)
+    cryo restore -d bench >/dev/null
+    cryo_restore+=("$(elapsed "$t")")
+    cryo rm --force bench >/dev/null
+    printf '%5d MiB rep %d: raw dump %.2fs restore %.2fs | cryo frozen %.2fs total %.2fs restore %.2fs\n' \
+      "$mib" "$rep" "${raw_dump[-1]}" "${raw_restore[-1]}" "${cryo_frozen[-1]}" "${cryo_total[-1]}" "${cryo_restore[-1]}"
+  done
+  rd=$(median "${raw_dump[@]}") rr=$(median "${raw_restore[@]}")
+  cf=$(median "${cryo_frozen[@]}") ct=$(median "${cryo_total[@]}") cr=$(median "${cryo_restore[@]}")
+  printf '%5d MiB medians: raw dump %.2fs, raw restore %.2fs; cryo frozen %.2fs (%.2fx, target <= 1.0x), total %.2fs (%.2fx, target <= 1.5x), restore %.2fs (%.2fx, target <= 1.2x)\n' \
+    "$mib" "$rd" "$rr" "$cf" "$(echo "$cf/$rd" | bc -l)" "$ct" "$(echo "$ct/$rd" | bc -l)" "$cr" "$(echo "$cr/$rr" | bc -l)"
+done

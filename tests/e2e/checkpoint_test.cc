@@ -1,0 +1,434 @@
+// SPDX-License-Identifier: Apache-2.0
+// Checkpoint and restore of real programs under a real cryod and real CRIU:
+// each test checkpoints, restores, and proves the state went on (not
+// restarted) by what the program prints.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "harness.h"
+
+namespace cryo::testing {
+namespace {
+
+using std::chrono::seconds;
+
+const As kAlice{4242, 4242, {4242}};
+const As kBob{4343, 4343, {4343}};
+
+// The numbers after `word ` in `text`, in order.
+std::vector<long> Numbers(const std::string& text, const std::string& word) {
+  std::vector<long> out;
+  std::regex re(word + " ([0-9]+)");
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), re); it != std::sregex_iterator();
+       ++it) {
+    out.push_back(std::stol((*it)[1]));
+  }
+  return out;
+}
+
+std::string Logs(const Cryod& d, const std::string& job) { return d.Cryo({"logs", job}).out; }
+
+std::string ReadFileContents(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+bool WaitForOutput(const Cryod& d, const std::string& job, const std::string& text) {
+  return WaitUntil([&] { return Logs(d, job).find(text) != std::string::npos; }, seconds(20));
+}
+
+// Waits until `job` has printed more than `n` numbers after `word`.
+bool WaitForMore(const Cryod& d, const std::string& job, const std::string& word, size_t n) {
+  return WaitUntil([&] { return Numbers(Logs(d, job), word).size() > n; }, seconds(20));
+}
+
+nlohmann::json CheckpointJson(const Cryod& d, const std::string& job, bool stop = false,
+                              const As& as = {}) {
+  std::vector<std::string> args{"checkpoint", "--json", job};
+  if (stop) args.insert(args.begin() + 1, "--stop");
+  auto r = d.Cryo(args, {.as = as});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  return j.is_object() ? j : nlohmann::json(nullptr);
+}
+
+std::string StoreDir(const Cryod& d) { return d.state_dir() + "/store"; }
+
+// The chunk hashes a checkpoint's manifest lists (read from the store file).
+std::set<std::string> ChunksOf(const Cryod& d, const std::string& id) {
+  std::ifstream in(StoreDir(d) + "/manifests/" + id);
+  std::string header;
+  std::getline(in, header);
+  std::stringstream body;
+  body << in.rdbuf();
+  auto m = nlohmann::json::parse(body.str());
+  std::set<std::string> out;
+  for (const auto& f : m["files"]) {
+    for (const auto& c : f["chunks"]) out.insert(c[0].get<std::string>());
+  }
+  return out;
+}
+
+std::string ChunkPath(const Cryod& d, const std::string& hash) {
+  return StoreDir(d) + "/chunks/" + hash.substr(0, 2) + "/" + hash;
+}
+
+// Restores `ref` detached as `name`; the new job must be running.
+void RestoreDetached(const Cryod& d, const std::string& ref, const std::string& name = "") {
+  std::vector<std::string> args{"restore", "-d", ref};
+  if (!name.empty()) args.insert(args.begin() + 2, {"--name", name});
+  auto r = d.Cryo(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err << d.DaemonLog();
+}
+
+// Checks a restored counter went on from where it was: its first number is
+// at most one past the last one seen before (the pipe's unread contents are
+// restored too, so a few may repeat), and it keeps counting.
+void ExpectContinued(const Cryod& d, const std::string& job, const std::string& word,
+                     long last_before) {
+  ASSERT_TRUE(WaitForMore(d, job, word, 3)) << Logs(d, job) << d.DaemonLog();
+  auto after = Numbers(Logs(d, job), word);
+  EXPECT_LE(after.front(), last_before + 1) << "numbers were lost";
+  EXPECT_GE(after.front(), last_before - 50) << "the program restarted instead of continuing";
+  EXPECT_GT(after.back(), last_before);
+}
+
+TEST(Checkpoint, CounterStopsAndContinuesAfterRestore) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "c", "--", TestProgram("counter")}).exit_code, 0);
+  ASSERT_TRUE(WaitForMore(d, "c", "count", 10));
+  auto ck = CheckpointJson(d, "c", /*stop=*/true);
+  ASSERT_FALSE(ck.is_null());
+  EXPECT_EQ(ck["job"], "c");
+  EXPECT_EQ(ck["id"].get<std::string>().size(), 16u);
+  EXPECT_GT(ck["bytes"].get<uint64_t>(), 0u);
+  EXPECT_GT(ck["stored_bytes"].get<uint64_t>(), 0u);
+  EXPECT_FALSE(ck["created"].get<std::string>().empty());
+  for (const char* phase : {"dump", "store", "publish"})
+    EXPECT_TRUE(ck["phases_ms"].contains(phase)) << phase;
+  EXPECT_EQ(d.Job("c")["state"], "checkpointed");
+  long last = Numbers(Logs(d, "c"), "count").back();
+
+  RestoreDetached(d, "c");
+  EXPECT_EQ(d.Job("c")["state"], "running");
+  EXPECT_EQ(d.Job("c")["restored_from"], ck["id"]);
+  ExpectContinued(d, "c", "count", last);
+}
+
+TEST(Checkpoint, RunningJobKeepsRunningAndACopyRestoresUnderAnotherName) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "orig", "--", TestProgram("counter")}).exit_code, 0);
+  ASSERT_TRUE(WaitForMore(d, "orig", "count", 5));
+  auto ck = CheckpointJson(d, "orig");
+  ASSERT_FALSE(ck.is_null());
+  EXPECT_EQ(d.Job("orig")["state"], "running");
+  size_t seen = Numbers(Logs(d, "orig"), "count").size();
+  EXPECT_TRUE(WaitForMore(d, "orig", "count", seen + 3))
+      << "the original stopped after its checkpoint";
+
+  auto refused = d.Cryo({"restore", "-d", "orig"});
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.err.find("--name"), std::string::npos) << refused.err;
+
+  RestoreDetached(d, ck["id"], "copy");
+  EXPECT_EQ(d.Job("orig")["state"], "running");
+  EXPECT_EQ(d.Job("copy")["state"], "running");
+  ASSERT_TRUE(WaitForMore(d, "copy", "count", 3));
+  auto copy = Numbers(Logs(d, "copy"), "count");
+  EXPECT_GT(copy.front(), 0) << "the copy started from scratch";
+  EXPECT_NE(d.Job("copy")["pid"], d.Job("orig")["pid"]);
+}
+
+TEST(Checkpoint, ThreeGenerationsOfCheckpointAndRestore) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "gen", "--", TestProgram("counter")}).exit_code, 0);
+  std::vector<std::string> ids;
+  for (int generation = 0; generation < 3; ++generation) {
+    size_t seen = Numbers(Logs(d, "gen"), "count").size();
+    ASSERT_TRUE(WaitForMore(d, "gen", "count", seen + 3));
+    auto ck = CheckpointJson(d, "gen", /*stop=*/true);
+    ASSERT_FALSE(ck.is_null()) << "generation " << generation;
+    ids.push_back(ck["id"]);
+    long last = Numbers(Logs(d, "gen"), "count").back();
+    RestoreDetached(d, "gen@latest");
+    ExpectContinued(d, "gen", "count", last);
+  }
+  auto list = nlohmann::json::parse(d.Cryo({"checkpoints", "--json", "gen"}).out);
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_EQ(list[0]["id"], ids[2]);
+  EXPECT_EQ(list[0]["parent"], ids[1]);
+  EXPECT_EQ(list[1]["parent"], ids[0]);
+  EXPECT_TRUE(list[0]["latest"].get<bool>());
+  EXPECT_FALSE(list[1]["latest"].get<bool>());
+}
+
+TEST(Checkpoint, MultiThreadedProgramKeepsItsInvariants) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "mt", "--", TestProgram("threads")}).exit_code, 0);
+  ASSERT_TRUE(WaitForMore(d, "mt", "total", 5));
+  ASSERT_FALSE(CheckpointJson(d, "mt", true).is_null());
+  long last = Numbers(Logs(d, "mt"), "total").back();
+  RestoreDetached(d, "mt");
+  ASSERT_TRUE(WaitForMore(d, "mt", "total", 5));
+  auto after = Numbers(Logs(d, "mt"), "total");
+  EXPECT_GE(after.front(), last - 100);
+  EXPECT_GT(after.back(), last);
+  EXPECT_EQ(Logs(d, "mt").find("BROKEN"), std::string::npos);
+}
+
+TEST(Checkpoint, ShellPipelineTreeContinues) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "pipe", "--", "sh", "-c",
+                    "i=0; while :; do echo n $i; i=$((i+1)); sleep 0.02; done | cat | cat"})
+                .exit_code,
+            0);
+  ASSERT_TRUE(WaitForMore(d, "pipe", "n", 5));
+  ASSERT_FALSE(CheckpointJson(d, "pipe", true).is_null());
+  long last = Numbers(Logs(d, "pipe"), "n").back();
+  RestoreDetached(d, "pipe");
+  ExpectContinued(d, "pipe", "n", last);
+}
+
+TEST(Checkpoint, PythonInterpreterKeepsItsState) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "py", "--", "python3", "-u", "-c",
+                    "import time\nstate = {'n': 0}\nwhile True:\n    state['n'] += 1\n"
+                    "    print('py', state['n'])\n    time.sleep(0.02)\n"})
+                .exit_code,
+            0);
+  ASSERT_TRUE(WaitForMore(d, "py", "py", 5));
+  ASSERT_FALSE(CheckpointJson(d, "py", true).is_null());
+  long last = Numbers(Logs(d, "py"), "py").back();
+  RestoreDetached(d, "py");
+  ExpectContinued(d, "py", "py", last);
+}
+
+TEST(Checkpoint, AttachedRestoreStreamsOutputAndForwardsSignals) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "h", "--", TestProgram("term_handler")}).exit_code, 0);
+  ASSERT_TRUE(WaitForOutput(d, "h", "ready"));
+  ASSERT_FALSE(CheckpointJson(d, "h", true).is_null());
+  BackgroundCommand restore(d.CryoArgv({"restore", "h"}), d.WithSocket({}));
+  ASSERT_TRUE(WaitUntil([&] { return !d.Job("h").is_null() && d.Job("h")["state"] == "running"; }));
+  restore.Signal(SIGTERM);
+  auto r = restore.Finish(seconds(20));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "handler ran\n");
+}
+
+TEST(Checkpoint, CorruptionIsRefusedAndOtherCheckpointsStillRestore) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "v", "--", TestProgram("counter")}).exit_code, 0);
+  ASSERT_TRUE(WaitForMore(d, "v", "count", 3));
+  auto good = CheckpointJson(d, "v");
+  ASSERT_TRUE(WaitForMore(d, "v", "count", 10));
+  auto bad = CheckpointJson(d, "v");
+  ASSERT_FALSE(good.is_null());
+  ASSERT_FALSE(bad.is_null());
+  std::string bad_id = bad["id"], good_id = good["id"];
+  EXPECT_EQ(d.Cryo({"verify", bad_id}).exit_code, 0);
+
+  std::set<std::string> only_bad;
+  auto good_chunks = ChunksOf(d, good_id);
+  for (const auto& h : ChunksOf(d, bad_id)) {
+    if (!good_chunks.contains(h)) only_bad.insert(h);
+  }
+  ASSERT_GE(only_bad.size(), 1u);
+  std::string victim = ChunkPath(d, *only_bad.begin());
+  std::string original;
+  {
+    std::ifstream in(victim, std::ios::binary);
+    original.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  auto expect_refused = [&](const std::string& what) {
+    auto v = d.Cryo({"verify", bad_id});
+    EXPECT_NE(v.exit_code, 0) << what;
+    EXPECT_NE(v.err.find(only_bad.begin()->substr(0, 12)), std::string::npos)
+        << what << ": " << v.err;
+    auto r = d.Cryo({"restore", "-d", "--name", "broken", bad_id});
+    EXPECT_NE(r.exit_code, 0) << what;
+    EXPECT_NE(r.err.find("verify"), std::string::npos) << what << ": " << r.err;
+    EXPECT_TRUE(d.Job("broken").is_null()) << what;
+  };
+  auto rewrite = [&](const std::string& content) {
+    std::ofstream(victim, std::ios::binary | std::ios::trunc) << content;
+  };
+  std::string flipped = original;
+  flipped[flipped.size() / 2] ^= 0x01;
+  rewrite(flipped);
+  expect_refused("a flipped byte");
+  rewrite(original.substr(0, original.size() / 2));
+  expect_refused("a truncated chunk");
+  std::filesystem::remove(victim);
+  expect_refused("a deleted chunk");
+  rewrite(original);
+  EXPECT_EQ(d.Cryo({"verify", bad_id}).exit_code, 0) << "repaired chunk";
+
+  // A modified manifest is refused before anything else is read.
+  std::string manifest = StoreDir(d) + "/manifests/" + bad_id;
+  std::string text;
+  {
+    std::ifstream in(manifest, std::ios::binary);
+    text.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  std::string tampered = text;
+  size_t pos = tampered.find("\"uid\":");
+  ASSERT_NE(pos, std::string::npos);
+  tampered.replace(pos, 6, "\"uid\": ");
+  std::ofstream(manifest, std::ios::binary | std::ios::trunc) << tampered;
+  auto v = d.Cryo({"verify", bad_id});
+  EXPECT_NE(v.exit_code, 0);
+  EXPECT_NE(v.err.find("authentication"), std::string::npos) << v.err;
+  auto r = d.Cryo({"restore", "-d", "--name", "broken", bad_id});
+  EXPECT_NE(r.exit_code, 0);
+
+  // The other checkpoint is intact and restores.
+  EXPECT_EQ(d.Cryo({"verify", good_id}).exit_code, 0);
+  RestoreDetached(d, good_id, "from-good");
+  ASSERT_TRUE(WaitForMore(d, "from-good", "count", 3));
+  EXPECT_GT(Numbers(Logs(d, "from-good"), "count").front(), 0);
+}
+
+TEST(Checkpoint, AlmostUnchangedProcessStoresLittleTheSecondTime) {
+  Cryod d;
+  ASSERT_EQ(
+      d.Cryo({"run", "-d", "--name", "big", "--", TestProgram("memory_hog"), "256"}).exit_code, 0);
+  ASSERT_TRUE(WaitForOutput(d, "big", "ready"));
+  auto first = CheckpointJson(d, "big");
+  ASSERT_FALSE(first.is_null());
+  EXPECT_GT(first["bytes"].get<uint64_t>(), 256u << 20);
+  // Pages appear in the middle of the address space: everything after them
+  // moves in the pages image.
+  ASSERT_EQ(d.Cryo({"kill", "--signal", "USR1", "big"}).exit_code, 0);
+  ASSERT_TRUE(WaitForOutput(d, "big", "grown"));
+  auto second = CheckpointJson(d, "big");
+  ASSERT_FALSE(second.is_null());
+  uint64_t s1 = first["stored_bytes"], s2 = second["stored_bytes"];
+  EXPECT_LT(s2 * 10, s1) << "first stored " << s1 << " bytes, second " << s2;
+  EXPECT_EQ(d.Cryo({"verify", second["id"]}).exit_code, 0);
+}
+
+TEST(Checkpoint, DumpFailureLeavesTheJobRunningAndNothingPublished) {
+  Cryod d;
+  ASSERT_EQ(
+      d.Cryo({"run", "-d", "--name", "uring", "--", TestProgram("io_uring_holder")}).exit_code, 0);
+  ASSERT_TRUE(WaitForOutput(d, "uring", "ready"));
+  auto r = d.Cryo({"checkpoint", "uring"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("criu dump failed"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("CRIU's log"), std::string::npos)
+      << "the message must show CRIU's reasons: " << r.err;
+  EXPECT_EQ(d.Job("uring")["state"], "running");
+  size_t seen = Numbers(Logs(d, "uring"), "alive").size();
+  EXPECT_TRUE(WaitForMore(d, "uring", "alive", seen + 3)) << "the job is frozen or dead";
+  EXPECT_EQ(d.Cryo({"checkpoints", "--json"}).out, "[]\n");
+
+  // Same with --stop: the job must not be killed.
+  r = d.Cryo({"checkpoint", "--stop", "uring"});
+  EXPECT_EQ(r.exit_code, 1);
+  seen = Numbers(Logs(d, "uring"), "alive").size();
+  EXPECT_TRUE(WaitForMore(d, "uring", "alive", seen + 3));
+  EXPECT_EQ(d.Job("uring")["state"], "running");
+}
+
+TEST(Checkpoint, BadReferencesAndEndedJobsGetClearErrors) {
+  Cryod d;
+  auto r = d.Cryo({"restore", "nothing-here"});
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("no checkpoint 'nothing-here'"), std::string::npos) << r.err;
+  r = d.Cryo({"verify", "0123456789abcdef"});
+  EXPECT_EQ(r.exit_code, 3);
+  r = d.Cryo({"restore", "x@yesterday"});
+  EXPECT_EQ(r.exit_code, 2);
+  ASSERT_EQ(d.Cryo({"run", "--name", "over", "--", "true"}).exit_code, 0);
+  r = d.Cryo({"checkpoint", "over"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("not running"), std::string::npos) << r.err;
+  r = d.Cryo({"checkpoint", "ghost"});
+  EXPECT_EQ(r.exit_code, 3);
+}
+
+TEST(Checkpoint, CheckpointsOfOneUserAreInvisibleToAnother) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "roots", "--", "sleep", "1000"}).exit_code, 0);
+  auto ck = CheckpointJson(d, "roots");
+  ASSERT_FALSE(ck.is_null());
+  EXPECT_EQ(nlohmann::json::parse(d.Cryo({"checkpoints", "--json"}, {.as = kBob}).out).size(), 0u);
+  EXPECT_EQ(nlohmann::json::parse(d.Cryo({"checkpoints", "--json"}).out).size(), 1u);
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{"verify", ck["id"]},
+                                             {"verify", "roots@latest"},
+                                             {"restore", "-d", "--name", "stolen", ck["id"]},
+                                             {"rm-checkpoint", ck["id"]}}) {
+    auto r = d.Cryo(args, {.as = kBob});
+    EXPECT_EQ(r.exit_code, 3) << args[0] << ": " << r.err;
+    EXPECT_NE(r.err.find("no checkpoint"), std::string::npos) << r.err;
+  }
+  EXPECT_TRUE(d.Job("stolen").is_null());
+  EXPECT_EQ(d.Cryo({"checkpoint", "roots"}, {.as = kBob}).exit_code, 4);
+  // Store files are root's alone.
+  for (const auto& e : std::filesystem::recursive_directory_iterator(StoreDir(d))) {
+    struct stat st;
+    ASSERT_EQ(stat(e.path().c_str(), &st), 0);
+    EXPECT_EQ(st.st_uid, 0u) << e.path();
+    EXPECT_EQ(st.st_mode & 0777, e.is_directory() ? 0700u : 0600u) << e.path();
+  }
+}
+
+// CRIU needs CAP_SYS_RESOURCE to read another uid's rlimits; some machines
+// (this project's CI VM among them) take it from root. Either the job of a
+// non-root user checkpoints and restores with its owner's credentials, or
+// cryod refuses up front, says why, and leaves the job running.
+TEST(Checkpoint, NonRootJobCheckpointsOrIsRefusedClearly) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "alices", "--", TestProgram("counter")},
+                   {.as = kAlice, .cwd = "/tmp"})
+                .exit_code,
+            0);
+  ASSERT_TRUE(WaitForMore(d, "alices", "count", 3));
+  auto r = d.Cryo({"checkpoint", "--stop", "--json", "alices"}, {.as = kAlice});
+  std::string status = ReadFileContents("/proc/self/status");
+  uint64_t caps = std::stoull(status.substr(status.find("CapEff:") + 7), nullptr, 16);
+  if ((caps >> 24 & 1) == 0) {  // CAP_SYS_RESOURCE
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_NE(r.err.find("CAP_SYS_RESOURCE"), std::string::npos) << r.err;
+    size_t seen = Numbers(Logs(d, "alices"), "count").size();
+    EXPECT_TRUE(WaitForMore(d, "alices", "count", seen + 3)) << "the refused job must keep running";
+    EXPECT_EQ(d.Job("alices")["state"], "running");
+    return;
+  }
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  long last = Numbers(Logs(d, "alices"), "count").back();
+  ASSERT_EQ(d.Cryo({"restore", "-d", "alices"}, {.as = kAlice}).exit_code, 0);
+  ExpectContinued(d, "alices", "count", last);
+  pid_t pid = d.Job("alices")["pid"];
+  EXPECT_NE(ReadFileContents("/proc/" + std::to_string(pid) + "/status").find("Uid:\t4242"),
+            std::string::npos);
+}
+
+TEST(Checkpoint, RemovedCheckpointFallsBackToItsParent) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "r", "--", "sleep", "1000"}).exit_code, 0);
+  auto a = CheckpointJson(d, "r");
+  auto b = CheckpointJson(d, "r");
+  ASSERT_EQ(d.Cryo({"rm-checkpoint", "r@latest"}).exit_code, 0);
+  auto list = nlohmann::json::parse(d.Cryo({"checkpoints", "--json"}).out);
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0]["id"], a["id"]);
+  EXPECT_TRUE(list[0]["latest"].get<bool>());
+  EXPECT_EQ(d.Cryo({"verify", "r@latest"}).exit_code, 0);
+  EXPECT_EQ(d.Cryo({"verify", b["id"]}).exit_code, 3);
+}
+
+}  // namespace
+}  // namespace cryo::testing

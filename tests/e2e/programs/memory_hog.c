@@ -1,0 +1,64 @@
+// SPDX-License-Identifier: Apache-2.0
+//   memory_hog MIB [mixed]
+// Holds MIB MiB of anonymous memory filled with pseudo-random bytes (fixed
+// seed: the same content in every run; with "mixed", the upper half is
+// compressible text instead), prints "ready", then waits. On
+// SIGUSR1 it maps 64 KiB more in the middle of its address space (between
+// two halves of its memory), fills it, and prints "grown": pages added in the
+// middle of the pages image, for the deduplication test.
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t grow;
+static void OnUsr1(int sig) {
+  (void)sig;
+  grow = 1;
+}
+
+static void Fill(unsigned char* p, size_t n, uint64_t seed) {
+  uint64_t x = seed;
+  for (size_t i = 0; i + 8 <= n; i += 8) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    for (int b = 0; b < 8; ++b) p[i + b] = (unsigned char)(x >> (8 * b));
+  }
+}
+
+int main(int argc, char** argv) {
+  size_t half = (size_t)(argc > 1 ? atol(argv[1]) : 256) << 19;  // MiB / 2
+  // Reserve a hole between the two halves so new pages land in the middle.
+  size_t hole = 1 << 20;
+  unsigned char* base = mmap(NULL, 2 * half + hole, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) return 1;
+  unsigned char* low = base;
+  unsigned char* high = base + half + hole;
+  mprotect(low, half, PROT_READ | PROT_WRITE);
+  mprotect(high, half, PROT_READ | PROT_WRITE);
+  Fill(low, half, 1);
+  if (argc > 2 && strcmp(argv[2], "mixed") == 0) {
+    static const char kText[] = "cryo keeps your work when the machine goes away. ";
+    for (size_t i = 0; i < half; ++i) high[i] = (unsigned char)kText[i % (sizeof kText - 1)];
+  } else {
+    Fill(high, half, 2);
+  }
+  signal(SIGUSR1, OnUsr1);
+  printf("ready\n");
+  fflush(stdout);
+  for (;;) {
+    pause();
+    if (grow) {
+      grow = 0;
+      unsigned char* mid = base + half + hole / 2;
+      mprotect(mid, 64 << 10, PROT_READ | PROT_WRITE);
+      Fill(mid, 64 << 10, 3);
+      printf("grown\n");
+      fflush(stdout);
+    }
+  }
+}

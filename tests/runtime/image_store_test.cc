@@ -1,0 +1,589 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "cryo/image_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cryo/file_util.h"
+#include "fakes/memory_store.h"
+#include "temp_dir.h"
+
+namespace cryo {
+namespace {
+
+constexpr size_t kKiB = 1024;
+constexpr size_t kMiB = 1024 * kKiB;
+
+std::string RandomBytes(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string out(n, '\0');
+  for (size_t i = 0; i < n; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(out.data() + i, &v, std::min<size_t>(8, n - i));
+  }
+  return out;
+}
+
+Key TestKey(unsigned char fill = 7) {
+  std::array<unsigned char, Key::kBytes> bytes;
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<unsigned char>(fill + i);
+  return Key::FromBytes(bytes);
+}
+
+void WriteOrDie(const std::string& path, std::string_view data) {
+  ASSERT_TRUE(WriteFileAtomic(path, data).has_value()) << path;
+}
+
+std::string ReadOrDie(const std::string& path) {
+  auto text = ReadFileToString(path);
+  EXPECT_TRUE(text.has_value()) << text.error().ToString();
+  return text.value_or("");
+}
+
+std::vector<std::string> ListDir(const std::string& path) {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(path.c_str());
+  if (d == nullptr) return names;
+  while (dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name != "." && name != "..") names.push_back(name);
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// The chunks of `data` as strings, in order.
+std::vector<std::string> Chunks(const std::string& data) {
+  std::vector<std::string> chunks;
+  size_t start = 0;
+  for (size_t end : ChunkBoundaries(data)) {
+    chunks.push_back(data.substr(start, end - start));
+    start = end;
+  }
+  return chunks;
+}
+
+// ---------------------------------------------------------------------------
+// Chunking
+
+TEST(ChunkBoundariesTest, EmptyInputHasNoChunks) { EXPECT_TRUE(ChunkBoundaries("").empty()); }
+
+TEST(ChunkBoundariesTest, SmallInputIsOneChunk) {
+  std::string data = RandomBytes(10 * kKiB, 1);
+  EXPECT_EQ(ChunkBoundaries(data), std::vector<size_t>{data.size()});
+}
+
+TEST(ChunkBoundariesTest, RespectMinimumAndMaximumSizes) {
+  // Random data cuts by content; zeros never match and are cut at the maximum.
+  std::string data =
+      RandomBytes(24 * kMiB, 2) + std::string(5 * kMiB + 123, '\0') + RandomBytes(kMiB + 17, 3);
+  std::vector<size_t> ends = ChunkBoundaries(data);
+  ASSERT_FALSE(ends.empty());
+  EXPECT_EQ(ends.back(), data.size());
+  size_t start = 0;
+  for (size_t i = 0; i < ends.size(); ++i) {
+    ASSERT_GT(ends[i], start) << "chunk " << i;
+    size_t size = ends[i] - start;
+    EXPECT_LE(size, 1 * kMiB) << "chunk " << i;
+    if (i + 1 < ends.size()) {
+      EXPECT_GE(size, 64 * kKiB) << "chunk " << i;
+    }
+    start = ends[i];
+  }
+  double average = static_cast<double>(24 * kMiB) /
+                   static_cast<double>(ChunkBoundaries(data.substr(0, 24 * kMiB)).size());
+  EXPECT_GT(average, 160.0 * kKiB);
+  EXPECT_LT(average, 384.0 * kKiB);
+}
+
+TEST(ChunkBoundariesTest, AreDeterministic) {
+  std::string data = RandomBytes(8 * kMiB, 4);
+  std::string copy = data;  // another address, same content
+  EXPECT_EQ(ChunkBoundaries(data), ChunkBoundaries(copy));
+  EXPECT_EQ(ChunkBoundaries(data), ChunkBoundaries(data));
+}
+
+// Boundaries are part of the format: were they to change, new checkpoints
+// would share no chunks with old ones. These were computed with a plain
+// byte-by-byte implementation of the algorithm (which also proves the
+// shortcut over runs of zeros exact).
+TEST(ChunkBoundariesTest, AreStableAcrossVersions) {
+  std::string data =
+      RandomBytes(3 * kMiB, 42) + std::string(2 * kMiB + 5000, '\0') + RandomBytes(kMiB + 100, 43);
+  std::vector<size_t> expected = {652025,  803836,  1032827, 1475514, 1750111, 1833395,
+                                  2005148, 2178497, 2393041, 2778985, 3827561, 4876137,
+                                  5382825, 5677481, 5787900, 6296556};
+  EXPECT_EQ(ChunkBoundaries(data), expected);
+}
+
+TEST(ChunkBoundariesTest, ResynchroniseAfterAnInsertion) {
+  std::string data = RandomBytes(8 * kMiB, 5);
+  std::string pages = RandomBytes(12 * kKiB, 6);
+  std::vector<std::string> before = Chunks(data);
+  std::set<std::string> before_set(before.begin(), before.end());
+  ASSERT_GT(before.size(), 16u);
+  for (size_t at : {size_t{4 * kMiB}, 4 * kMiB + 100 * kKiB, size_t{2 * kMiB + 4096}}) {
+    std::string edited = data;
+    edited.insert(at, pages);
+    std::vector<std::string> after = Chunks(edited);
+    size_t lost = 0;
+    for (const auto& chunk : before)
+      lost += after.end() == std::find(after.begin(), after.end(), chunk);
+    size_t fresh = 0;
+    for (const auto& chunk : after) fresh += !before_set.contains(chunk);
+    EXPECT_LE(lost, 3u) << "insertion at " << at << ": chunks of the original no longer present";
+    EXPECT_LE(fresh, 3u) << "insertion at " << at << ": new chunks";
+    EXPECT_GE(fresh, 1u);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Object names
+
+TEST(ImageStoreKeysTest, LayOutTheStore) {
+  std::string hash(64, 'a');
+  hash[0] = '3';
+  hash[1] = 'f';
+  EXPECT_EQ(ChunkKey(hash), "chunks/3f/" + hash);
+  EXPECT_EQ(ManifestKey("0123abcd"), "manifests/0123abcd");
+  EXPECT_EQ(LatestRefKey("web"), "refs/web/latest");
+}
+
+// ---------------------------------------------------------------------------
+// StoreImages / FetchImages / VerifyImages
+
+// A CRIU-like images directory, with things StoreImages must skip.
+class ImagesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    files_["core-1.img"] = "core of process 1\n";
+    files_["empty.img"] = "";
+    files_["mm-1.img"] = RandomBytes(100 * kKiB + 3, 10);
+    files_["pages-1.img"] = RandomBytes(3 * kMiB, 11) + std::string(3 * kMiB, '\0');
+    for (const auto& [name, data] : files_) WriteOrDie(images_.Join(name), data);
+    ASSERT_EQ(::mkdir(images_.Join("subdir").c_str(), 0700), 0);
+    WriteOrDie(images_.Join("subdir/inner.img"), "not an image of this directory");
+    ASSERT_EQ(::symlink("core-1.img", images_.Join("link.img").c_str()), 0);
+  }
+
+  std::vector<ImageFile> StoreOrDie(StoreStats* stats = nullptr) {
+    auto files = StoreImages(images_.path(), store_, key_, stats);
+    EXPECT_TRUE(files.has_value()) << files.error().ToString();
+    return files.value_or(std::vector<ImageFile>{});
+  }
+
+  // The first chunk of pages-1.img (random data, stored raw).
+  std::string PagesChunkKey(const std::vector<ImageFile>& files) {
+    for (const auto& f : files) {
+      if (f.name == "pages-1.img" && !f.chunks.empty()) return ChunkKey(f.chunks[0].hash);
+    }
+    ADD_FAILURE() << "no pages-1.img";
+    return "";
+  }
+
+  // Fetch and verify both fail with kCorrupt, naming the image and `words`,
+  // and fetch leaves nothing behind.
+  void ExpectDamageDetected(const std::vector<ImageFile>& files, const std::string& words) {
+    auto verified = VerifyImages(files, store_, key_);
+    ASSERT_FALSE(verified.has_value());
+    EXPECT_EQ(verified.error().kind(), ErrorKind::kCorrupt);
+    EXPECT_NE(verified.error().message().find("image pages-1.img: chunk "), std::string::npos)
+        << verified.error().message();
+    EXPECT_NE(verified.error().message().find(words), std::string::npos)
+        << verified.error().message();
+
+    TempDir out;
+    auto fetched = FetchImages(files, store_, key_, out.path());
+    ASSERT_FALSE(fetched.has_value());
+    EXPECT_EQ(fetched.error().message(), verified.error().message());
+    EXPECT_TRUE(ListDir(out.path()).empty()) << "partial images left behind";
+  }
+
+  TempDir images_;
+  std::map<std::string, std::string> files_;
+  MemoryStore store_;
+  Key key_ = TestKey();
+};
+
+TEST_F(ImagesTest, StoreThenFetchRoundTripsEveryRegularFile) {
+  StoreStats stats;
+  std::vector<ImageFile> files = StoreOrDie(&stats);
+  ASSERT_EQ(files.size(), files_.size()) << "subdirectories and symlinks are skipped";
+  uint64_t total = 0;
+  auto expected = files_.begin();
+  for (const auto& f : files) {
+    EXPECT_EQ(f.name, expected->first) << "sorted by name";
+    EXPECT_EQ(f.size, expected->second.size());
+    uint64_t sum = 0;
+    for (const auto& c : f.chunks) {
+      EXPECT_EQ(c.hash.size(), 64u);
+      sum += c.size;
+    }
+    EXPECT_EQ(sum, f.size) << f.name;
+    total += f.size;
+    ++expected;
+  }
+  EXPECT_TRUE(files[1].chunks.empty()) << "an empty file has no chunks";
+  EXPECT_EQ(stats.bytes, total);
+  EXPECT_GT(stats.chunks, 0u);
+  EXPECT_EQ(stats.new_chunks, store_.object_count());
+  EXPECT_EQ(store_.put_calls(), 0u);
+  // The zeros compress; the 3 MiB of random bytes do not.
+  EXPECT_LT(stats.new_bytes, stats.bytes - 2 * kMiB);
+  EXPECT_GT(stats.new_bytes, 3 * kMiB);
+
+  ASSERT_TRUE(VerifyImages(files, store_, key_).has_value());
+  TempDir out;
+  auto fetched = FetchImages(files, store_, key_, out.path());
+  ASSERT_TRUE(fetched.has_value()) << fetched.error().ToString();
+  std::vector<std::string> names;
+  for (const auto& [name, data] : files_) {
+    names.push_back(name);
+    EXPECT_EQ(ReadOrDie(out.Join(name)), data) << name;
+    struct stat st {};
+    ASSERT_EQ(::stat(out.Join(name).c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u) << name;
+  }
+  EXPECT_EQ(ListDir(out.path()), names);
+}
+
+TEST_F(ImagesTest, ChunksAreStoredRawOrCompressed) {
+  std::vector<ImageFile> files = StoreOrDie();
+  auto random_chunk = store_.Get(PagesChunkKey(files));
+  ASSERT_TRUE(random_chunk.has_value());
+  EXPECT_EQ((*random_chunk)[0], '\0') << "random bytes are stored raw";
+  EXPECT_EQ(random_chunk->size(), 1 + files[3].chunks[0].size);
+  const ChunkRef& zeros = files[3].chunks.back();
+  auto zero_chunk = store_.Get(ChunkKey(zeros.hash));
+  ASSERT_TRUE(zero_chunk.has_value());
+  EXPECT_EQ((*zero_chunk)[0], '\1') << "zeros are stored compressed";
+  EXPECT_LT(zero_chunk->size(), zeros.size / 100);
+}
+
+TEST_F(ImagesTest, SecondStoreOfTheSameImagesWritesNothing) {
+  StoreStats first;
+  std::vector<ImageFile> files = StoreOrDie(&first);
+  size_t objects = store_.object_count();
+  StoreStats second;
+  std::vector<ImageFile> again = StoreOrDie(&second);
+  EXPECT_EQ(second.new_chunks, 0u);
+  EXPECT_EQ(second.new_bytes, 0u);
+  EXPECT_EQ(second.chunks, first.chunks);
+  EXPECT_EQ(second.bytes, first.bytes);
+  EXPECT_EQ(store_.object_count(), objects);
+  ASSERT_EQ(again.size(), files.size());
+  for (size_t i = 0; i < files.size(); ++i) {
+    ASSERT_EQ(again[i].chunks.size(), files[i].chunks.size());
+    for (size_t c = 0; c < files[i].chunks.size(); ++c)
+      EXPECT_EQ(again[i].chunks[c].hash, files[i].chunks[c].hash);
+  }
+}
+
+TEST_F(ImagesTest, ChunkNamesDependOnTheKey) {
+  std::vector<ImageFile> files = StoreOrDie();
+  MemoryStore other_store;
+  auto other = StoreImages(images_.path(), other_store, TestKey(99), nullptr);
+  ASSERT_TRUE(other.has_value());
+  EXPECT_NE((*other)[3].chunks[0].hash, files[3].chunks[0].hash);
+  EXPECT_EQ((*other)[3].chunks[0].size, files[3].chunks[0].size) << "boundaries do not";
+}
+
+TEST(StoreImagesTest, InsertedPagesCostLittleToStoreAgain) {
+  TempDir images;
+  MemoryStore store;
+  Key key = TestKey();
+  std::string data = RandomBytes(16 * kMiB, 20);
+  WriteOrDie(images.Join("pages-1.img"), data);
+  StoreStats first;
+  ASSERT_TRUE(StoreImages(images.path(), store, key, &first).has_value());
+
+  data.insert(8 * kMiB, RandomBytes(12 * kKiB, 21));
+  WriteOrDie(images.Join("pages-1.img"), data);
+  StoreStats second;
+  ASSERT_TRUE(StoreImages(images.path(), store, key, &second).has_value());
+  EXPECT_GT(second.new_chunks, 0u);
+  EXPECT_LT(second.new_bytes, first.new_bytes / 10)
+      << "first " << first.new_bytes << " bytes, second " << second.new_bytes;
+}
+
+TEST(StoreImagesTest, MissingDirectoryIsAnError) {
+  MemoryStore store;
+  auto files = StoreImages("/nonexistent/cryo/images", store, TestKey(), nullptr);
+  ASSERT_FALSE(files.has_value());
+  EXPECT_EQ(files.error().kind(), ErrorKind::kNotFound);
+}
+
+TEST_F(ImagesTest, FlippedByteInAChunkIsDetected) {
+  std::vector<ImageFile> files = StoreOrDie();
+  std::string key = PagesChunkKey(files);
+  std::string chunk = store_.Get(key).value();
+  chunk[chunk.size() / 2] ^= 0x01;
+  ASSERT_TRUE(store_.Put(key, chunk).has_value());
+  ExpectDamageDetected(files, "is corrupt (hash mismatch)");
+}
+
+TEST_F(ImagesTest, TruncatedChunkIsDetected) {
+  std::vector<ImageFile> files = StoreOrDie();
+  std::string key = PagesChunkKey(files);
+  std::string chunk = store_.Get(key).value();
+  ASSERT_TRUE(store_.Put(key, chunk.substr(0, chunk.size() - 1000)).has_value());
+  ExpectDamageDetected(files, "is corrupt");
+}
+
+TEST_F(ImagesTest, DamagedCompressedChunkIsDetected) {
+  std::vector<ImageFile> files = StoreOrDie();
+  std::string key = ChunkKey(files[3].chunks.back().hash);
+  std::string chunk = store_.Get(key).value();
+  ASSERT_EQ(chunk[0], '\1');
+  chunk[chunk.size() / 2] ^= 0x40;
+  ASSERT_TRUE(store_.Put(key, chunk).has_value());
+  ExpectDamageDetected(files, "is corrupt");
+}
+
+TEST_F(ImagesTest, DeletedChunkIsDetected) {
+  std::vector<ImageFile> files = StoreOrDie();
+  ASSERT_TRUE(store_.Delete(PagesChunkKey(files)).has_value());
+  ExpectDamageDetected(files, "is missing from memory://test");
+}
+
+TEST_F(ImagesTest, FetchRefusesFileNamesThatAreNotPlainNames) {
+  std::vector<ImageFile> files = StoreOrDie();
+  for (const char* bad : {"../escape.img", "a/b", ".", "..", ""}) {
+    std::vector<ImageFile> tampered = files;
+    tampered.back().name = bad;
+    TempDir out;
+    auto fetched = FetchImages(tampered, store_, key_, out.path());
+    ASSERT_FALSE(fetched.has_value()) << bad;
+    EXPECT_EQ(fetched.error().kind(), ErrorKind::kCorrupt) << bad;
+    EXPECT_TRUE(ListDir(out.path()).empty()) << "nothing is created before the names are checked";
+  }
+}
+
+TEST_F(ImagesTest, FetchRefusesSizesThatDisagreeWithTheChunks) {
+  std::vector<ImageFile> files = StoreOrDie();
+  files[3].size += 1;
+  TempDir out;
+  auto fetched = FetchImages(files, store_, key_, out.path());
+  ASSERT_FALSE(fetched.has_value());
+  EXPECT_EQ(fetched.error().kind(), ErrorKind::kCorrupt);
+  EXPECT_NE(fetched.error().message().find("pages-1.img"), std::string::npos);
+  EXPECT_FALSE(VerifyImages(files, store_, key_).has_value());
+}
+
+TEST_F(ImagesTest, FetchRefusesToOverwriteAFile) {
+  std::vector<ImageFile> files = StoreOrDie();
+  TempDir out;
+  WriteOrDie(out.Join("pages-1.img"), "mine");
+  auto fetched = FetchImages(files, store_, key_, out.path());
+  ASSERT_FALSE(fetched.has_value());
+  EXPECT_EQ(ReadOrDie(out.Join("pages-1.img")), "mine");
+  EXPECT_EQ(ListDir(out.path()), std::vector<std::string>{"pages-1.img"});
+}
+
+// ---------------------------------------------------------------------------
+// Manifest
+
+Manifest FullManifest() {
+  Manifest m;
+  m.id = "20261123T200102-0123abcd";
+  m.job = "web";
+  m.parent = "20261123T190102-89abcdef";
+  m.created_unix_ms = 1'700'000'000'123;
+  m.host = "node-7";
+  m.kernel = "6.1.0-13-amd64";
+  m.criu_version = "3.19";
+  m.uid = 1000;
+  m.gid = 1001;
+  m.groups = {1001, 27, 100};
+  m.argv = {"/usr/bin/python3", "-m", "http.server", "with space", "q\"uote"};
+  m.env = {"PATH=/usr/bin:/bin", "UNICODE=h\xc3\xa9"};
+  m.cwd = "/srv/web";
+  m.criu_options = {{"tcp_established", "true"}, {"file_locks", "false"}};
+  m.stdout_key = "pipe:[123]";
+  m.stderr_key = "pipe:[124]";
+  m.files = {
+      {"core-1.img", 18, {{std::string(64, 'a'), 18}}},
+      {"empty.img", 0, {}},
+      {"pages-1.img", 300000, {{std::string(64, '0'), 200000}, {std::string(64, 'f'), 100000}}},
+  };
+  m.image_bytes = 300018;
+  m.stored_bytes = 12345;
+  m.phases = {{"freeze", 3}, {"dump", 420}, {"upload", 97}};
+  return m;
+}
+
+TEST(ManifestTest, RoundTripsEveryField) {
+  Manifest m = FullManifest();
+  std::string encoded = EncodeManifest(m, TestKey());
+  EXPECT_TRUE(encoded.starts_with("cryo-manifest 1 ")) << encoded.substr(0, 100);
+  auto decoded = DecodeManifest(encoded, TestKey());
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+  const Manifest& d = *decoded;
+  EXPECT_EQ(d.format_version, Manifest::kFormatVersion);
+  EXPECT_EQ(d.id, m.id);
+  EXPECT_EQ(d.job, m.job);
+  EXPECT_EQ(d.parent, m.parent);
+  EXPECT_EQ(d.created_unix_ms, m.created_unix_ms);
+  EXPECT_EQ(d.host, m.host);
+  EXPECT_EQ(d.kernel, m.kernel);
+  EXPECT_EQ(d.criu_version, m.criu_version);
+  EXPECT_EQ(d.uid, m.uid);
+  EXPECT_EQ(d.gid, m.gid);
+  EXPECT_EQ(d.groups, m.groups);
+  EXPECT_EQ(d.argv, m.argv);
+  EXPECT_EQ(d.env, m.env);
+  EXPECT_EQ(d.cwd, m.cwd);
+  EXPECT_EQ(d.criu_options, m.criu_options);
+  EXPECT_EQ(d.stdout_key, m.stdout_key);
+  EXPECT_EQ(d.stderr_key, m.stderr_key);
+  ASSERT_EQ(d.files.size(), m.files.size());
+  for (size_t i = 0; i < m.files.size(); ++i) {
+    EXPECT_EQ(d.files[i].name, m.files[i].name);
+    EXPECT_EQ(d.files[i].size, m.files[i].size);
+    ASSERT_EQ(d.files[i].chunks.size(), m.files[i].chunks.size());
+    for (size_t c = 0; c < m.files[i].chunks.size(); ++c) {
+      EXPECT_EQ(d.files[i].chunks[c].hash, m.files[i].chunks[c].hash);
+      EXPECT_EQ(d.files[i].chunks[c].size, m.files[i].chunks[c].size);
+    }
+  }
+  EXPECT_EQ(d.image_bytes, m.image_bytes);
+  EXPECT_EQ(d.stored_bytes, m.stored_bytes);
+  EXPECT_EQ(d.phases, m.phases);
+  EXPECT_EQ(EncodeManifest(d, TestKey()), encoded) << "encoding is stable";
+}
+
+TEST(ManifestTest, AnyModifiedByteIsRefused) {
+  std::string encoded = EncodeManifest(FullManifest(), TestKey());
+  size_t body = encoded.find('\n') + 1;
+  std::vector<size_t> positions = {0,
+                                   5,
+                                   14,
+                                   16,
+                                   20,
+                                   body - 2,
+                                   body - 1,
+                                   body,
+                                   body + 10,
+                                   body + 100,
+                                   encoded.size() / 2,
+                                   encoded.size() - 2,
+                                   encoded.size() - 1};
+  for (size_t pos : positions) {
+    for (unsigned char flip : {0x01, 0x20, 0x80}) {
+      std::string tampered = encoded;
+      tampered[pos] = static_cast<char>(tampered[pos] ^ flip);
+      auto decoded = DecodeManifest(tampered, TestKey());
+      ASSERT_FALSE(decoded.has_value()) << "byte " << pos << " ^ " << int{flip};
+      EXPECT_EQ(decoded.error().kind(), ErrorKind::kCorrupt) << "byte " << pos;
+    }
+  }
+  EXPECT_FALSE(DecodeManifest(encoded.substr(0, encoded.size() - 1), TestKey()).has_value());
+  EXPECT_FALSE(DecodeManifest(encoded + " ", TestKey()).has_value());
+  EXPECT_FALSE(DecodeManifest("", TestKey()).has_value());
+}
+
+TEST(ManifestTest, TamperedBodyIsRefusedBeforeParsing) {
+  std::string encoded = EncodeManifest(FullManifest(), TestKey());
+  size_t at = encoded.find("\"uid\":1000");
+  ASSERT_NE(at, std::string::npos);
+  encoded.replace(at, 10, "\"uid\":0000");  // still valid JSON: a root restore
+  auto decoded = DecodeManifest(encoded, TestKey());
+  ASSERT_FALSE(decoded.has_value());
+  EXPECT_EQ(decoded.error().kind(), ErrorKind::kCorrupt);
+  EXPECT_NE(decoded.error().message().find("manifest authentication failed"), std::string::npos)
+      << decoded.error().message();
+}
+
+TEST(ManifestTest, ManifestOfAnotherKeyIsRefused) {
+  std::string encoded = EncodeManifest(FullManifest(), TestKey(1));
+  auto decoded = DecodeManifest(encoded, TestKey(2));
+  ASSERT_FALSE(decoded.has_value());
+  EXPECT_EQ(decoded.error().kind(), ErrorKind::kCorrupt);
+  EXPECT_NE(decoded.error().message().find("written with another key"), std::string::npos);
+}
+
+TEST(ManifestTest, UnknownVersionIsRefused) {
+  std::string encoded = EncodeManifest(FullManifest(), TestKey());
+  encoded[14] = '2';  // "cryo-manifest 2 ..."
+  auto decoded = DecodeManifest(encoded, TestKey());
+  ASSERT_FALSE(decoded.has_value());
+  EXPECT_EQ(decoded.error().kind(), ErrorKind::kCorrupt);
+  EXPECT_NE(decoded.error().message().find("version"), std::string::npos);
+}
+
+TEST(ManifestTest, AuthenticManifestWithBadContentIsRefused) {
+  Manifest no_id = FullManifest();
+  no_id.id = "";
+  Manifest bad_name = FullManifest();
+  bad_name.files[0].name = "../../etc/passwd";
+  Manifest bad_hash = FullManifest();
+  bad_hash.files[2].chunks[1].hash = "zz";
+  Manifest upper_hash = FullManifest();
+  upper_hash.files[2].chunks[1].hash = std::string(64, 'F');
+  for (const Manifest* m : {&no_id, &bad_name, &bad_hash, &upper_hash}) {
+    auto decoded = DecodeManifest(EncodeManifest(*m, TestKey()), TestKey());
+    ASSERT_FALSE(decoded.has_value());
+    EXPECT_EQ(decoded.error().kind(), ErrorKind::kCorrupt);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Key
+
+TEST(KeyTest, CreatesAPrivateKeyAndLoadsItBack) {
+  TempDir dir;
+  std::string path = dir.Join("key");
+  auto created = Key::LoadOrCreate(path);
+  ASSERT_TRUE(created.has_value()) << created.error().ToString();
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(st.st_size, 32);
+  std::string on_disk = ReadOrDie(path);
+  EXPECT_EQ(on_disk, std::string(reinterpret_cast<const char*>(created->bytes().data()), 32));
+
+  auto loaded = Key::LoadOrCreate(path);
+  ASSERT_TRUE(loaded.has_value()) << loaded.error().ToString();
+  EXPECT_EQ(loaded->bytes(), created->bytes());
+
+  auto another = Key::LoadOrCreate(dir.Join("key2"));
+  ASSERT_TRUE(another.has_value());
+  EXPECT_NE(another->bytes(), created->bytes()) << "keys are random";
+}
+
+TEST(KeyTest, RefusesAKeyFileOthersCanRead) {
+  TempDir dir;
+  std::string path = dir.Join("key");
+  ASSERT_TRUE(WriteFileAtomic(path, std::string(32, 'k'), 0644).has_value());
+  auto key = Key::LoadOrCreate(path);
+  ASSERT_FALSE(key.has_value());
+  EXPECT_EQ(key.error().kind(), ErrorKind::kPermissionDenied);
+  EXPECT_NE(key.error().message().find("chmod 600"), std::string::npos) << key.error().message();
+  EXPECT_EQ(ReadOrDie(path), std::string(32, 'k')) << "left alone";
+}
+
+TEST(KeyTest, RefusesAKeyFileOfTheWrongSize) {
+  TempDir dir;
+  for (size_t size : {size_t{0}, size_t{31}, size_t{33}, size_t{4096}}) {
+    std::string path = dir.Join("key" + std::to_string(size));
+    ASSERT_TRUE(WriteFileAtomic(path, std::string(size, 'k'), 0600).has_value());
+    auto key = Key::LoadOrCreate(path);
+    ASSERT_FALSE(key.has_value()) << size;
+    EXPECT_EQ(key.error().kind(), ErrorKind::kCorrupt) << size;
+  }
+}
+
+}  // namespace
+}  // namespace cryo

@@ -1,0 +1,54 @@
+// SPDX-License-Identifier: Apache-2.0
+// cryo checkpoint [--stop] [--json] NAME
+#include <unistd.h>
+
+#include <iostream>
+#include <memory>
+
+#include "checkpoint_format.h"
+#include "client.h"
+
+namespace cryo::cli {
+namespace {
+
+struct CheckpointOptions {
+  std::string name;
+  bool stop = false;
+  bool json = false;
+};
+
+int Checkpoint(const Globals& globals, const CheckpointOptions& opts) {
+  proto::Request req;
+  req.mutable_checkpoint()->set_name(opts.name);
+  req.mutable_checkpoint()->set_stop(opts.stop);
+  if (!opts.json && ::isatty(STDERR_FILENO)) {
+    std::cerr << "checkpointing " << opts.name << " (freeze, dump, store, publish)...\n";
+  }
+  auto r = Call(globals, req);
+  if (!r) return ReportError("checkpoint", r.error());
+  const auto& c = r->checkpoint();
+  if (opts.json) {
+    std::cout << CheckpointJson(c).dump(2) << "\n";
+    return kExitOk;
+  }
+  std::cerr << "checkpoint of " << c.job() << ": " << HumanBytes(c.bytes()) << " of images, "
+            << HumanBytes(c.stored_bytes()) << " new in the store";
+  for (const auto& [phase, ms] : c.phases_ms()) std::cerr << ", " << phase << " " << ms << " ms";
+  std::cerr << (opts.stop ? "; job stopped\n" : "\n");
+  std::cout << c.id() << "\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+Command RegisterCheckpoint(CLI::App& app, const Globals& globals) {
+  auto opts = std::make_shared<CheckpointOptions>();
+  auto* sub =
+      app.add_subcommand("checkpoint", "Checkpoint a running job (it keeps running unless --stop)");
+  sub->add_flag("--stop", opts->stop, "end the job once the checkpoint is durable");
+  sub->add_flag("--json", opts->json, "print the checkpoint as JSON");
+  sub->add_option("name", opts->name, "the job")->required();
+  return [&globals, opts] { return Checkpoint(globals, *opts); };
+}
+
+}  // namespace cryo::cli
