@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <set>
 
 #include "cryo/checkpointer.h"
 #include "cryo/file_util.h"
@@ -58,7 +59,11 @@ void Describe(Manifest& m) {
 
 CheckpointService::CheckpointService(Supervisor& supervisor, std::unique_ptr<Store> store, Key key,
                                      Options options)
-    : supervisor_(supervisor), store_(std::move(store)), key_(key), options_(std::move(options)) {}
+    : supervisor_(supervisor), store_(std::move(store)), key_(key), options_(std::move(options)) {
+  if (auto s = RemoveTree(options_.state_dir + "/work"); !s) {
+    LogWarn("cannot clean the work directory", {{"error", s.error().ToString()}});
+  }
+}
 
 Status CheckpointService::Publish(Manifest& m, const std::string& images_dir) {
   auto start = Clock::now();
@@ -88,6 +93,7 @@ Status CheckpointService::Publish(Manifest& m, const std::string& images_dir) {
 
 Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string_view name,
                                                bool stop) {
+  std::shared_lock store_lock(store_mu_);
   auto job = supervisor_.BeginCheckpoint(caller, name, stop);
   if (!job) return std::unexpected(job.error());
   std::string published;
@@ -216,6 +222,7 @@ Result<Manifest> CheckpointService::Resolve(const Caller& caller, std::string_vi
 
 Result<JobRecord> CheckpointService::Restore(const Caller& caller, std::string_view ref,
                                              std::string_view name) {
+  std::shared_lock store_lock(store_mu_);
   auto m = Resolve(caller, ref);
   if (!m) return std::unexpected(m.error().WithContext("restore " + std::string(ref)));
   std::string context = "restore " + m->id;
@@ -252,6 +259,7 @@ Result<JobRecord> CheckpointService::Restore(const Caller& caller, std::string_v
 }
 
 Result<std::vector<Manifest>> CheckpointService::List(const Caller& caller, std::string_view job) {
+  std::shared_lock store_lock(store_mu_);
   auto keys = store_->List("manifests/");
   if (!keys) return std::unexpected(keys.error());
   std::vector<Manifest> out;
@@ -279,6 +287,7 @@ bool CheckpointService::IsLatest(const Manifest& m) {
 }
 
 Result<Manifest> CheckpointService::Verify(const Caller& caller, std::string_view ref) {
+  std::shared_lock store_lock(store_mu_);
   auto m = Resolve(caller, ref);
   if (!m) return std::unexpected(m.error());
   if (auto s = VerifyImages(m->files, *store_, key_); !s) {
@@ -288,6 +297,7 @@ Result<Manifest> CheckpointService::Verify(const Caller& caller, std::string_vie
 }
 
 Result<Manifest> CheckpointService::Remove(const Caller& caller, std::string_view ref) {
+  std::shared_lock store_lock(store_mu_);
   auto m = Resolve(caller, ref);
   if (!m) return std::unexpected(m.error());
   // The reference first: `latest` must never name a missing manifest.
@@ -302,6 +312,44 @@ Result<Manifest> CheckpointService::Remove(const Caller& caller, std::string_vie
   if (auto s = store_->Flush(); !s) return std::unexpected(s.error());
   LogInfo("checkpoint removed", {{"job", m->job}, {"id", m->id}});
   return m;
+}
+
+Result<CheckpointService::GcStats> CheckpointService::CollectGarbage(const Caller& caller) {
+  if (!caller.is_root()) {
+    return Fail(ErrorKind::kPermissionDenied, "gc sweeps every user's checkpoints; run it as root");
+  }
+  std::unique_lock store_lock(store_mu_);
+  GcStats stats;
+  std::set<std::string> referenced;
+  auto manifests = store_->List("manifests/");
+  if (!manifests) return std::unexpected(manifests.error());
+  for (const auto& key : *manifests) {
+    auto data = store_->Get(key);
+    auto m = data ? DecodeManifest(*data, key_) : std::unexpected(data.error());
+    if (!m) {
+      return Fail(ErrorKind::kCorrupt, "gc: " + key + " in " + store_->url() + " cannot be read (" +
+                                           m.error().ToString() + "); remove or repair it first");
+    }
+    ++stats.manifests;
+    for (const auto& f : m->files) {
+      for (const auto& c : f.chunks) referenced.insert(ChunkKey(c.hash));
+    }
+  }
+  auto chunks = store_->List("chunks/");
+  if (!chunks) return std::unexpected(chunks.error());
+  for (const auto& key : *chunks) {
+    if (referenced.contains(key)) {
+      ++stats.chunks_kept;
+      continue;
+    }
+    if (auto s = store_->Delete(key); !s) return std::unexpected(s.error());
+    ++stats.chunks_removed;
+  }
+  if (auto s = store_->Flush(); !s) return std::unexpected(s.error());
+  LogInfo("gc done", {{"manifests", std::to_string(stats.manifests)},
+                      {"chunks_kept", std::to_string(stats.chunks_kept)},
+                      {"chunks_removed", std::to_string(stats.chunks_removed)}});
+  return stats;
 }
 
 }  // namespace cryo

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <memory>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,7 @@ class CheckpointService {
     std::string criu_path;
   };
 
+  // Removes scratch space left by a cryod that died mid-operation.
   CheckpointService(Supervisor& supervisor, std::unique_ptr<Store> store, Key key, Options options);
 
   // Checkpoints the running job `name`. The job keeps running unless `stop`,
@@ -43,6 +45,15 @@ class CheckpointService {
   // Removes REF's manifest (its chunks go with the next `gc`); `latest`
   // falls back to its parent.
   Result<Manifest> Remove(const Caller& caller, std::string_view ref);
+  struct GcStats {
+    uint64_t manifests = 0;
+    uint64_t chunks_kept = 0;
+    uint64_t chunks_removed = 0;
+  };
+  // Removes every chunk no manifest references (root only). Refuses to run
+  // if a manifest cannot be read: its chunks would look unreferenced.
+  Result<GcStats> CollectGarbage(const Caller& caller);
+
   // Whether `id` is the newest checkpoint of its job.
   bool IsLatest(const Manifest& manifest);
 
@@ -54,6 +65,9 @@ class CheckpointService {
   Status Publish(Manifest& manifest, const std::string& images_dir);
 
   Supervisor& supervisor_;
+  // Checkpoints, restores and the rest share the store; gc excludes them all
+  // (a checkpoint's chunks are stored before its manifest names them).
+  std::shared_mutex store_mu_;
   std::unique_ptr<Store> store_;
   Key key_;
   Options options_;

@@ -193,6 +193,16 @@ void HandleRemoveCheckpoint(const Session& s, const proto::Request& req) {
   s.Send(r);
 }
 
+void HandleGc(const Session& s, const proto::Request&) {
+  auto stats = s.checkpoints.CollectGarbage(s.caller);
+  if (!stats) return s.SendError(stats.error());
+  proto::Response r;
+  r.mutable_gc()->set_manifests(stats->manifests);
+  r.mutable_gc()->set_chunks_kept(stats->chunks_kept);
+  r.mutable_gc()->set_chunks_removed(stats->chunks_removed);
+  s.Send(r);
+}
+
 using Handler = void (*)(const Session&, const proto::Request&);
 struct Route {
   proto::Request::BodyCase body;
@@ -209,6 +219,7 @@ constexpr Route kRoutes[] = {
     {proto::Request::kCheckpoints, HandleCheckpoints},
     {proto::Request::kVerify, HandleVerify},
     {proto::Request::kRemoveCheckpoint, HandleRemoveCheckpoint},
+    {proto::Request::kGc, HandleGc},
 };
 
 Result<Caller> PeerCaller(int fd) {

@@ -124,6 +124,7 @@ void Supervisor::Adopt(JobRecord& job) {
   } else if (auto pidfd = OpenPidFd(job.monitor_pid, job.monitor_start_time);
              pidfd && job.state == JobState::kRunning) {
     LogInfo("re-adopted running job", {{"job", job.name}, {"pid", std::to_string(job.pid)}});
+    RecoverFromInterruptedCheckpoint(job);
     Watch(job, std::move(*pidfd));
     return;
   } else {
@@ -132,6 +133,25 @@ void Supervisor::Adopt(JobRecord& job) {
   }
   if (auto s = table_.Save(job); !s)
     LogError("cannot save job record", {{"error", s.error().ToString()}});
+}
+
+void Supervisor::RecoverFromInterruptedCheckpoint(JobRecord& job) {
+  // A cryod that died during a checkpoint may leave the job frozen (CRIU
+  // normally thaws it when its caller goes away, but do not rely on it) and
+  // a --stop that never happened recorded.
+  if (job.stop_on_checkpoint) {
+    job.stop_on_checkpoint = false;
+    if (auto s = table_.Save(job); !s)
+      LogError("cannot save job record", {{"error", s.error().ToString()}});
+  }
+  auto cgroup = Cgroup::Adopt(job.cgroup);
+  if (!cgroup) return;
+  if (auto frozen = cgroup->IsFrozen(); frozen && *frozen) {
+    LogWarn("thawing a job left frozen by an interrupted checkpoint", {{"job", job.name}});
+    if (auto s = cgroup->Thaw(); !s)
+      LogError("cannot thaw job", {{"job", job.name}, {"error", s.error().ToString()}});
+  }
+  (void)cgroup->Release();  // the monitor owns it
 }
 
 void Supervisor::MarkLost(JobRecord& job) {

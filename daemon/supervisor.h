@@ -82,6 +82,7 @@ class Supervisor {
                            std::vector<std::string> monitor_args, const std::string& conflict_hint);
   void Adopt(JobRecord& job);
   void MarkLost(JobRecord& job);
+  void RecoverFromInterruptedCheckpoint(JobRecord& job);
   void Watch(const JobRecord& job, UniqueFd pidfd);
   void WatchLoop();
   void OnMonitorExit(const std::string& id);

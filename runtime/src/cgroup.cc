@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "cryo/cgroup.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -95,6 +96,21 @@ Status Cgroup::Remove() {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return SysFail("remove cgroup " + path_);
+}
+
+Result<bool> Cgroup::IsFrozen() const {
+  bool v1 = version_ == Version::kV1Freezer;
+  auto state = ReadFileToString(path_ + (v1 ? "/freezer.state" : "/cgroup.freeze"));
+  if (!state) return std::unexpected(state.error());
+  return v1 ? !state->starts_with("THAWED") : state->starts_with("1");
+}
+
+Status Cgroup::Thaw() {
+  bool v1 = version_ == Version::kV1Freezer;
+  std::string file = path_ + (v1 ? "/freezer.state" : "/cgroup.freeze");
+  auto fd = OpenFile(file, O_WRONLY);
+  if (!fd) return std::unexpected(fd.error());
+  return WriteAll(fd->get(), v1 ? "THAWED" : "0");
 }
 
 Status Cgroup::KillAndRemove() {

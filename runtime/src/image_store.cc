@@ -24,7 +24,6 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
-#include <span>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>

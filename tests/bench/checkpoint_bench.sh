@@ -56,15 +56,18 @@ for mib in "${sizes[@]}"; do
     pids+=("$pid")
     wait_ready "$work/raw.out"
     t=$(now)
-    "$criu" dump -t "$pid" -D "$work/raw" -o dump.log --tcp-established --network-lock nftables
+    "$criu" dump -t "$pid" -D "$work/raw" -o dump.log --tcp-established --network-lock nftables ||
+      { grep Error "$work/raw/dump.log" | grep -v RLIMIT >&2; exit 1; }
     sync -f "$work/raw"
     raw_dump+=("$(elapsed "$t")")
     wait "$pid" 2>/dev/null || true
     t=$(now)
     "$criu" restore -D "$work/raw" -o restore.log --restore-detached --tcp-established \
-      --network-lock nftables --pidfile "$work/raw.pid"
+      --network-lock nftables --pidfile "$work/raw.pid" ||
+      { grep Error "$work/raw/restore.log" | grep -v RLIMIT >&2; exit 1; }
     raw_restore+=("$(elapsed "$t")")
     kill -9 "$(cat "$work/raw.pid")" 2>/dev/null || true
+    rm -f "$work/raw.pid"
 
     # cryo: the same program as a job, checkpointed with --stop and restored.
     cryo rm --force bench >/dev/null 2>&1 || true

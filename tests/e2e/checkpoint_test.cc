@@ -12,6 +12,7 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "harness.h"
 
@@ -428,6 +429,86 @@ TEST(Checkpoint, RemovedCheckpointFallsBackToItsParent) {
   EXPECT_TRUE(list[0]["latest"].get<bool>());
   EXPECT_EQ(d.Cryo({"verify", "r@latest"}).exit_code, 0);
   EXPECT_EQ(d.Cryo({"verify", b["id"]}).exit_code, 3);
+}
+
+TEST(Checkpoint, DaemonKilledDuringCheckpointsLosesNothingAndLeavesNothingFrozen) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "k", "--", TestProgram("memory_hog"), "64"}).exit_code,
+            0);
+  ASSERT_TRUE(WaitForOutput(d, "k", "ready"));
+  auto first = CheckpointJson(d, "k");
+  ASSERT_FALSE(first.is_null());
+  // Crash points spread over freeze, dump, store and publish.
+  for (int delay_ms : {1, 30, 80, 150, 300}) {
+    SCOPED_TRACE("cryod killed after " + std::to_string(delay_ms) + " ms");
+    std::string option = delay_ms % 2 ? "--stop" : "--json";
+    BackgroundCommand ck(d.CryoArgv({"checkpoint", option, "k"}), d.WithSocket({}));
+    std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));  // where to crash
+    d.Kill9();
+    ck.Finish(seconds(30));
+    d.Start();
+    // Once CRIU has given up, the job runs: neither frozen nor killed by a
+    // --stop that was never committed.
+    std::string cgroup = "/sys/fs/cgroup/freezer/cryo/" + d.Job("k")["id"].get<std::string>();
+    EXPECT_TRUE(WaitUntil([&] {
+      return d.Job("k")["state"] == "running" &&
+             ReadFileContents(cgroup + "/freezer.state").starts_with("THAWED");
+    })) << d.Job("k").dump()
+        << ReadFileContents(cgroup + "/freezer.state");
+    // Every published checkpoint is whole, and `latest` names one of them.
+    auto list = nlohmann::json::parse(d.Cryo({"checkpoints", "--json", "k"}).out);
+    ASSERT_GE(list.size(), 1u);
+    for (const auto& c : list) {
+      auto v = d.Cryo({"verify", c["id"]});
+      EXPECT_EQ(v.exit_code, 0) << v.err;
+    }
+    EXPECT_EQ(d.Cryo({"verify", "k@latest"}).exit_code, 0);
+    EXPECT_FALSE(std::filesystem::exists(d.state_dir() + "/work") &&
+                 !std::filesystem::is_empty(d.state_dir() + "/work"))
+        << "scratch space left behind";
+  }
+  RestoreDetached(d, "k@latest", "k-copy");
+  auto copy = d.Job("k-copy");
+  EXPECT_EQ(copy["state"], "running");
+  pid_t pid = copy["pid"];
+  EXPECT_EQ(ReadFileContents("/proc/" + std::to_string(pid) + "/comm"), "memory_hog\n");
+}
+
+TEST(Checkpoint, GarbageCollectionReclaimsOnlyUnreferencedChunks) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "g", "--", TestProgram("counter")}).exit_code, 0);
+  ASSERT_TRUE(WaitForMore(d, "g", "count", 3));
+  auto a = CheckpointJson(d, "g");
+  ASSERT_TRUE(WaitForMore(d, "g", "count", 10));
+  auto b = CheckpointJson(d, "g");
+  auto count_chunks = [&] {
+    size_t n = 0;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(StoreDir(d) + "/chunks")) {
+      n += e.is_regular_file();
+    }
+    return n;
+  };
+  std::set<std::string> only_b;
+  auto a_chunks = ChunksOf(d, a["id"]);
+  for (const auto& h : ChunksOf(d, b["id"])) {
+    if (!a_chunks.contains(h)) only_b.insert(h);
+  }
+  size_t before = count_chunks();
+  EXPECT_EQ(d.Cryo({"gc"}, {.as = kBob}).exit_code, 4) << "gc is root's";
+  auto r = d.Cryo({"gc"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(count_chunks(), before) << "gc removed referenced chunks";
+
+  ASSERT_EQ(d.Cryo({"rm-checkpoint", b["id"]}).exit_code, 0);
+  r = d.Cryo({"gc"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("removed " + std::to_string(only_b.size()) + " unreferenced"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(count_chunks(), before - only_b.size());
+  EXPECT_EQ(d.Cryo({"verify", a["id"]}).exit_code, 0);
+  RestoreDetached(d, a["id"], "g-copy");
+  EXPECT_TRUE(WaitForMore(d, "g-copy", "count", 3));
 }
 
 }  // namespace

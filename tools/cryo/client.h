@@ -57,6 +57,7 @@ Command RegisterRestore(CLI::App& app, const Globals& globals);
 Command RegisterCheckpoints(CLI::App& app, const Globals& globals);
 Command RegisterVerify(CLI::App& app, const Globals& globals);
 Command RegisterRmCheckpoint(CLI::App& app, const Globals& globals);
+Command RegisterGc(CLI::App& app, const Globals& globals);
 
 // Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT so that none is lost (or kills
 // us) before AttachToJob knows which job to forward them to. Call before

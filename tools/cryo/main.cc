@@ -10,8 +10,9 @@ namespace cryo::cli {
 namespace {
 
 constexpr Registrar kCommands[] = {
-    RegisterRun,        RegisterPs,      RegisterLogs,        RegisterKill,   RegisterRm,
-    RegisterCheckpoint, RegisterRestore, RegisterCheckpoints, RegisterVerify, RegisterRmCheckpoint,
+    RegisterRun,    RegisterPs,           RegisterLogs,    RegisterKill,
+    RegisterRm,     RegisterCheckpoint,   RegisterRestore, RegisterCheckpoints,
+    RegisterVerify, RegisterRmCheckpoint, RegisterGc,
 };
 
 int RealMain(int argc, char** argv) {

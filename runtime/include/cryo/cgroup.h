@@ -38,6 +38,10 @@ class Cgroup {
   Result<std::vector<pid_t>> Pids() const;
   // Removes the directory, waiting up to ~1 s for the last processes to leave.
   Status Remove();
+  // Whether the cgroup is frozen (v1 freezer.state, v2 cgroup.freeze).
+  Result<bool> IsFrozen() const;
+  // Lets a frozen cgroup run again.
+  Status Thaw();
   // SIGKILLs every process in the cgroup, then removes it.
   Status KillAndRemove();
   // Gives up ownership: the directory outlives this object.
