@@ -52,6 +52,19 @@ Result<StartReport> ParseStartReport(const std::string& text) {
                      j.value("pid", 0), j.value("stdout_key", ""), j.value("stderr_key", "")};
 }
 
+bool IsValidUtf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    for (size_t k = 1; k < n; ++k) {
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 0x2) return false;
+    }
+    i += n;
+  }
+  return true;
+}
+
 // Waits (bounded) for a process we gave up on to end, through its pidfd.
 void AwaitExit(int pidfd, int timeout_ms) {
   pollfd p{pidfd, POLLIN, 0};
@@ -265,6 +278,18 @@ Result<JobRecord> Supervisor::Run(const Caller& caller, const proto::RunRequest&
   }
   if (request.cwd().empty() || request.cwd()[0] != '/') {
     return Fail(ErrorKind::kInvalidArgument, "the working directory must be an absolute path");
+  }
+  // Records are JSON: bytes that are not UTF-8 cannot be kept faithfully.
+  for (const auto* list : {&request.argv(), &request.env()}) {
+    for (const auto& item : *list) {
+      if (!IsValidUtf8(item)) {
+        return Fail(ErrorKind::kInvalidArgument,
+                    "arguments and environment must be valid UTF-8 (not: '" + item + "')");
+      }
+    }
+  }
+  if (!IsValidUtf8(request.cwd()) || !IsValidUtf8(request.name())) {
+    return Fail(ErrorKind::kInvalidArgument, "the working directory and name must be valid UTF-8");
   }
   for (const auto& e : request.env()) {
     if (e.find('=') == std::string::npos || e[0] == '=') {

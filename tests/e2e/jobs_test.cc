@@ -420,6 +420,16 @@ TEST(BadInput, BadNamesSignalsAndUsageAreRefusedClearly) {
   EXPECT_EQ(r.exit_code, 2);
 }
 
+TEST(BadInput, NonUtf8ArgumentsAreRefusedAndTheDaemonSurvives) {
+  Cryod d;
+  auto r = d.Cryo({"run", "--", "echo", "caf\xe9"});
+  EXPECT_EQ(r.exit_code, 125);
+  EXPECT_NE(r.err.find("valid UTF-8"), std::string::npos) << r.err;
+  r = d.Cryo({"run", "--env", "BAD=\xff\xfe", "--", "true"});
+  EXPECT_EQ(r.exit_code, 125);
+  EXPECT_EQ(d.Cryo({"run", "--", "echo", "caf\xc3\xa9"}).out, "caf\xc3\xa9\n");
+}
+
 TEST(BadInput, CliSaysHowToStartCryodWhenNothingAnswers) {
   auto r = RunCommand({CryoBinary(), "ps"}, {.env = {"CRYO_SOCKET=/tmp/no-cryod-here.sock"}});
   EXPECT_EQ(r.exit_code, 5);
