@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-// How checkpoints are shown by the cryo CLI (human and --json).
+// How jobs and checkpoints are shown by the cryo CLI (human and --json).
 #pragma once
 
 #include <nlohmann/json.hpp>

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "checkpoint_format.h"
 #include "client.h"
 
 namespace cryo::cli {
@@ -41,15 +42,6 @@ std::string StateText(const proto::JobInfo& job) {
 std::string OwnerName(uint32_t uid) {
   passwd* pw = ::getpwuid(uid);
   return pw != nullptr ? pw->pw_name : std::to_string(uid);
-}
-
-std::string LocalTime(int64_t unix_ms) {
-  time_t t = static_cast<time_t>(unix_ms / 1000);
-  tm local;
-  ::localtime_r(&t, &local);
-  std::ostringstream out;
-  out << std::put_time(&local, "%Y-%m-%d %H:%M:%S");
-  return out.str();
 }
 
 std::string CommandLine(const proto::JobInfo& job) {
