@@ -281,9 +281,9 @@ Result<std::vector<Manifest>> CheckpointService::List(const Caller& caller, std:
   return out;
 }
 
-bool CheckpointService::IsLatest(const Manifest& m) {
-  auto latest = store_->Get(LatestRefKey(m.job));
-  return latest && *latest == m.id;
+std::string CheckpointService::LatestOf(std::string_view job) {
+  auto latest = store_->Get(LatestRefKey(job));
+  return latest ? *latest : "";
 }
 
 Result<Manifest> CheckpointService::Verify(const Caller& caller, std::string_view ref) {

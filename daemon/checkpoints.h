@@ -54,8 +54,10 @@ class CheckpointService {
   // if a manifest cannot be read: its chunks would look unreferenced.
   Result<GcStats> CollectGarbage(const Caller& caller);
 
-  // Whether `id` is the newest checkpoint of its job.
-  bool IsLatest(const Manifest& manifest);
+  // The id `job`'s latest reference names ("" if none or unreadable).
+  std::string LatestOf(std::string_view job);
+  // Whether `manifest` is the newest checkpoint of its job.
+  bool IsLatest(const Manifest& manifest) { return LatestOf(manifest.job) == manifest.id; }
 
   Store& store() { return *store_; }
 

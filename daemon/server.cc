@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <map>
 #include <thread>
 
 #include "cryo/file_util.h"
@@ -174,8 +175,12 @@ void HandleCheckpoints(const Session& s, const proto::Request& req) {
   auto list = s.checkpoints.List(s.caller, req.checkpoints().job());
   if (!list) return s.SendError(list.error());
   proto::Response r;
-  for (const auto& m : *list)
-    ToProto(m, s.checkpoints.IsLatest(m), r.mutable_checkpoints()->add_checkpoints());
+  std::map<std::string, std::string> latest_of;  // job -> its `latest`, read once
+  for (const auto& m : *list) {
+    auto [it, fresh] = latest_of.try_emplace(m.job);
+    if (fresh) it->second = s.checkpoints.LatestOf(m.job);
+    ToProto(m, it->second == m.id, r.mutable_checkpoints()->add_checkpoints());
+  }
   s.Send(r);
 }
 

@@ -120,27 +120,38 @@ Supervisor::~Supervisor() {
   if (watcher_.joinable()) watcher_.join();
 }
 
+static std::unexpected<Error> NoSuchJob(std::string_view name) {
+  return Fail(ErrorKind::kNotFound,
+              "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
+}
+
 bool Supervisor::IsLive(const JobRecord& job) const {
   return job.state == JobState::kStarting || job.state == JobState::kRunning;
 }
 
+bool Supervisor::RecordEnd(JobRecord& job, std::string_view when) {
+  auto ended = table_.ReadExit(job.id);
+  if (!ended || !*ended) return false;
+  job.state = job.stop_on_checkpoint ? JobState::kCheckpointed : JobState::kExited;
+  job.exit_code = (*ended)->exit_code;
+  job.ended_unix_ms = (*ended)->ended_unix_ms;
+  job.pid = 0;
+  std::string what = job.stop_on_checkpoint ? "job stopped after its checkpoint" : "job exited";
+  if (!when.empty()) what += " " + std::string(when);
+  LogInfo(what, {{"job", job.name}, {"exit_code", std::to_string(*job.exit_code)}});
+  return true;
+}
+
 void Supervisor::Adopt(JobRecord& job) {
   if (!IsLive(job)) return;
-  auto ended = table_.ReadExit(job.id);
-  if (ended && *ended) {
-    job.state = job.stop_on_checkpoint ? JobState::kCheckpointed : JobState::kExited;
-    job.exit_code = (*ended)->exit_code;
-    job.ended_unix_ms = (*ended)->ended_unix_ms;
-    job.pid = 0;
-    LogInfo("job ended while cryod was away",
-            {{"job", job.name}, {"exit_code", std::to_string(*job.exit_code)}});
-  } else if (auto pidfd = OpenPidFd(job.monitor_pid, job.monitor_start_time);
-             pidfd && job.state == JobState::kRunning) {
-    LogInfo("re-adopted running job", {{"job", job.name}, {"pid", std::to_string(job.pid)}});
-    RecoverFromInterruptedCheckpoint(job);
-    Watch(job, std::move(*pidfd));
-    return;
-  } else {
+  if (!RecordEnd(job, "while cryod was away")) {
+    auto pidfd = OpenPidFd(job.monitor_pid, job.monitor_start_time);
+    if (pidfd && job.state == JobState::kRunning) {
+      LogInfo("re-adopted running job", {{"job", job.name}, {"pid", std::to_string(job.pid)}});
+      RecoverFromInterruptedCheckpoint(job);
+      Watch(job, std::move(*pidfd));
+      return;
+    }
     // Its monitor is gone without a word (or cryod died while starting it).
     MarkLost(job);
   }
@@ -238,17 +249,7 @@ void Supervisor::OnMonitorExit(const std::string& id) {
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return;
   JobRecord& job = it->second;
-  auto ended = table_.ReadExit(id);
-  if (ended && *ended) {
-    job.state = job.stop_on_checkpoint ? JobState::kCheckpointed : JobState::kExited;
-    job.exit_code = (*ended)->exit_code;
-    job.ended_unix_ms = (*ended)->ended_unix_ms;
-    LogInfo(job.stop_on_checkpoint ? "job stopped after its checkpoint" : "job exited",
-            {{"job", job.name}, {"exit_code", std::to_string(*job.exit_code)}});
-  } else {
-    MarkLost(job);
-  }
-  job.pid = 0;
+  if (!RecordEnd(job, "")) MarkLost(job);
   if (auto s = table_.Save(job); !s)
     LogError("cannot save job record", {{"error", s.error().ToString()}});
   changed_.notify_all();
@@ -300,18 +301,12 @@ Result<JobRecord> Supervisor::Run(const Caller& caller, const proto::RunRequest&
   JobRecord job;
   job.id = NewJobId();
   job.name = request.name().empty() ? "job-" + job.id.substr(0, 8) : request.name();
-  if (!IsValidJobName(job.name)) {
-    return Fail(ErrorKind::kInvalidArgument,
-                "invalid job name '" + job.name + "': use 1-64 letters, digits, '_', '.', '-'");
-  }
   job.argv.assign(request.argv().begin(), request.argv().end());
   job.env.assign(request.env().begin(), request.env().end());
   job.cwd = request.cwd();
   job.uid = caller.uid;
   job.gid = caller.gid;
   job.groups = caller.groups;
-  job.created_unix_ms = UnixMillis();
-  job.state = JobState::kStarting;
   std::string hint = "choose another --name, or stop it with 'cryo kill " + job.name + "'";
   return Launch(caller, std::move(job), {}, hint);
 }
@@ -319,12 +314,6 @@ Result<JobRecord> Supervisor::Run(const Caller& caller, const proto::RunRequest&
 Result<JobRecord> Supervisor::StartRestored(const Caller& caller, JobRecord job,
                                             std::vector<std::string> monitor_args) {
   job.id = NewJobId();
-  if (!IsValidJobName(job.name)) {
-    return Fail(ErrorKind::kInvalidArgument,
-                "invalid job name '" + job.name + "': use 1-64 letters, digits, '_', '.', '-'");
-  }
-  job.created_unix_ms = UnixMillis();
-  job.state = JobState::kStarting;
   return Launch(caller, std::move(job), std::move(monitor_args),
                 "restore it under another name with --name, or stop the running one first");
 }
@@ -332,6 +321,12 @@ Result<JobRecord> Supervisor::StartRestored(const Caller& caller, JobRecord job,
 Result<JobRecord> Supervisor::Launch(const Caller& caller, JobRecord job,
                                      std::vector<std::string> monitor_args,
                                      const std::string& conflict_hint) {
+  if (!IsValidJobName(job.name)) {
+    return Fail(ErrorKind::kInvalidArgument,
+                "invalid job name '" + job.name + "': use 1-64 letters, digits, '_', '.', '-'");
+  }
+  job.created_unix_ms = UnixMillis();
+  job.state = JobState::kStarting;
   std::optional<Cgroup> cgroup;
   {
     std::lock_guard lock(mu_);
@@ -424,8 +419,7 @@ Result<JobRecord> Supervisor::Find(const Caller& caller, std::string_view name) 
   std::lock_guard lock(mu_);
   JobRecord* job = FindLocked(name);
   if (job == nullptr) {
-    return Fail(ErrorKind::kNotFound,
-                "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
+    return NoSuchJob(name);
   }
   if (auto s = CheckAccess(caller, *job, "see"); !s) return std::unexpected(s.error());
   return *job;
@@ -435,8 +429,7 @@ Result<JobRecord> Supervisor::Kill(const Caller& caller, std::string_view name, 
   std::lock_guard lock(mu_);
   JobRecord* job = FindLocked(name);
   if (job == nullptr) {
-    return Fail(ErrorKind::kNotFound,
-                "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
+    return NoSuchJob(name);
   }
   if (auto s = CheckAccess(caller, *job, "signal"); !s) return std::unexpected(s.error());
   if (!IsLive(*job)) {
@@ -459,8 +452,7 @@ Result<JobRecord> Supervisor::Remove(const Caller& caller, std::string_view name
   std::unique_lock lock(mu_);
   JobRecord* job = FindLocked(name);
   if (job == nullptr) {
-    return Fail(ErrorKind::kNotFound,
-                "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
+    return NoSuchJob(name);
   }
   if (auto s = CheckAccess(caller, *job, "remove"); !s) return std::unexpected(s.error());
   std::string id = job->id;
@@ -496,8 +488,7 @@ Result<JobRecord> Supervisor::BeginCheckpoint(const Caller& caller, std::string_
   std::lock_guard lock(mu_);
   JobRecord* job = FindLocked(name);
   if (job == nullptr) {
-    return Fail(ErrorKind::kNotFound,
-                "no job named '" + std::string(name) + "' (see 'cryo ps --all')");
+    return NoSuchJob(name);
   }
   if (auto s = CheckAccess(caller, *job, "checkpoint"); !s) return std::unexpected(s.error());
   if (job->state != JobState::kRunning) {

@@ -55,7 +55,8 @@ class Supervisor {
   // Forgets an ended job (with `force`, kills a running one first).
   Result<JobRecord> Remove(const Caller& caller, std::string_view name, bool force);
 
-  // Starts a job restored from a checkpoint: `job` carries name, owner,
+  // Starts a job restored from a checkpoint (`job.id` and times are set
+  // here): `job` carries name, owner,
   // argv, env and cwd from the verified manifest; `monitor_args` tell
   // cryo-monitor how to restore (see daemon/monitor).
   Result<JobRecord> StartRestored(const Caller& caller, JobRecord job,
@@ -81,6 +82,8 @@ class Supervisor {
   Result<JobRecord> Launch(const Caller& caller, JobRecord job,
                            std::vector<std::string> monitor_args, const std::string& conflict_hint);
   void Adopt(JobRecord& job);
+  // Applies the job's exit.json to `job` if there is one; returns whether.
+  bool RecordEnd(JobRecord& job, std::string_view when);
   void MarkLost(JobRecord& job);
   void RecoverFromInterruptedCheckpoint(JobRecord& job);
   void Watch(const JobRecord& job, UniqueFd pidfd);
