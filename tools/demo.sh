@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # README command 1: sets the machine up if needed (tools/setup.sh), starts
 # cryod with a local store in a scratch directory, runs a real program under
-# `cryo run`, shows it working, and stops everything cleanly.
+# `cryo run`, checkpoints it, restores it (it goes on where it was), and stops
+# everything cleanly.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,6 +46,16 @@ step "cryo ps"
 cryo ps
 step "cryo logs counter"
 cryo logs counter | tail -3
+step "cryo checkpoint --stop counter"
+cryo checkpoint --stop counter
+step "cryo ps --all"
+cryo ps --all
+step "cryo restore -d counter      # it goes on counting from where it was"
+cryo restore -d counter
+sleep 1
+cryo logs counter | head -3
+step "cryo checkpoints"
+cryo checkpoints
 step "cryo kill counter"
 cryo kill counter
 sleep 0.3

@@ -89,7 +89,10 @@ int Ps(const Globals& globals, const PsOptions& opts) {
             << "COMMAND\n";
   for (const auto& job : jobs) {
     std::string state = StateText(job);
-    if (job.has_exit_code()) state += " (" + std::to_string(job.exit_code()) + ")";
+    // A checkpointed job was ended by CRIU on purpose: its status says nothing.
+    if (job.has_exit_code() && job.state() != proto::JOB_STATE_CHECKPOINTED) {
+      state += " (" + std::to_string(job.exit_code()) + ")";
+    }
     std::cout << std::setw(20) << job.name() << std::setw(14) << state << std::setw(9)
               << (job.pid() != 0 ? std::to_string(job.pid()) : "-") << std::setw(10)
               << OwnerName(job.uid()) << std::setw(21) << LocalTime(job.created_unix_ms())
