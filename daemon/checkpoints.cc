@@ -2,11 +2,14 @@
 #include "checkpoints.h"
 
 #include <linux/capability.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
 
 #include <algorithm>
 #include <chrono>
 #include <set>
+#include <utility>
 
 #include "cryo/checkpointer.h"
 #include "cryo/file_util.h"
@@ -21,6 +24,9 @@ using Clock = std::chrono::steady_clock;
 int64_t MillisSince(Clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
 }
+
+// Where cryo-monitor finds the sockets it passes to CRIU for a restore.
+constexpr int kFirstInheritedFd = 10;
 
 bool IsCheckpointId(std::string_view s) {
   return s.size() == 16 && std::all_of(s.begin(), s.end(), [](char c) {
@@ -127,8 +133,25 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   m.stdout_key = job->stdout_key;
   m.stderr_key = job->stderr_key;
   m.criu_options = {{"tcp_established", "true"}, {"network_lock", "nftables"}};
+  m.on_sigterm = std::string(OnSigtermName(job->on_sigterm));
   if (auto parent = store_->Get(LatestRefKey(m.job))) m.parent = *parent;
   Describe(m);
+
+  // The shim's API connections get ready (hooks, holds) and are dumped as
+  // external sockets. They hear when the job runs again: right after the
+  // dump, or when anything fails before; not when --stop ended the job.
+  if (participants_) m.shim_sockets = participants_->Prepare(*job);
+  struct Resume {
+    CheckpointParticipants* participants;
+    const JobRecord& job;
+    bool done = false;
+    void operator()(int status, const std::string& id) {
+      if (participants && !std::exchange(done, true)) participants->Resumed(job, status, id);
+    }
+    ~Resume() { (*this)(EIO, ""); }
+  } resume{participants_, *job};
+  std::vector<std::string> external;
+  for (uint64_t inode : m.shim_sockets) external.push_back("unix[" + std::to_string(inode) + "]");
 
   auto work = WorkDir::Create(options_.state_dir, m.id);
   if (!work) return std::unexpected(work.error().WithContext(context));
@@ -150,8 +173,10 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
                                .images_dir = work->images(),
                                .work_dir = work->path(),
                                .freeze_cgroup = job->cgroup,
-                               .leave_running = !stop},
+                               .leave_running = !stop,
+                               .external = external},
                               commit);
+  if (!dumped || !stop) resume(dumped ? 0 : EIO, dumped ? m.id : "");
   if (!dumped) {
     LogWarn("checkpoint failed", {{"job", job->name}, {"error", dumped.error().ToString()}});
     return std::unexpected(dumped.error().WithContext(context));
@@ -164,6 +189,7 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   }
   m.phases["total"] = MillisSince(start);
   published = m.id;
+  resume.done = resume.done || stop;  // the job is gone
   LogInfo("checkpoint stored", {{"job", m.job},
                                 {"id", m.id},
                                 {"bytes", std::to_string(m.image_bytes)},
@@ -245,12 +271,34 @@ Result<JobRecord> CheckpointService::Restore(const Caller& caller, std::string_v
   job.groups = m->groups;
   job.restored_from = m->id;
   job.last_checkpoint = m->id;
+  job.on_sigterm = ParseOnSigterm(m->on_sigterm).value_or(OnSigterm::kCheckpoint);
+  std::vector<std::string> monitor_args{"--restore",        work->images(), "--criu",
+                                        options_.criu_path, "--stdout-key", m->stdout_key,
+                                        "--stderr-key",     m->stderr_key};
+  // The shim's API sockets: a fresh connected pair for each, the program's
+  // end put in place of the dumped one (inherit-fd), ours kept.
+  std::vector<std::pair<UniqueFd, uint64_t>> ours;
+  std::vector<UniqueFd> theirs;
+  std::vector<std::pair<int, int>> monitor_fds;
+  for (uint64_t inode : m->shim_sockets) {
+    int pair[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+      return std::unexpected(SysFail("socketpair").error().WithContext(context));
+    }
+    struct stat st {};
+    ::fstat(pair[1], &st);
+    ours.emplace_back(UniqueFd(pair[0]), st.st_ino);
+    theirs.emplace_back(pair[1]);
+    int target = kFirstInheritedFd + static_cast<int>(monitor_fds.size());
+    monitor_fds.push_back({target, pair[1]});
+    monitor_args.push_back("--inherit");
+    monitor_args.push_back("socket:[" + std::to_string(inode) + "]=" + std::to_string(target));
+  }
   start = Clock::now();
-  auto restored =
-      supervisor_.StartRestored(caller, job,
-                                {"--restore", work->images(), "--criu", options_.criu_path,
-                                 "--stdout-key", m->stdout_key, "--stderr-key", m->stderr_key});
+  auto restored = supervisor_.StartRestored(caller, job, monitor_args, monitor_fds);
+  theirs.clear();
   if (!restored) return std::unexpected(restored.error().WithContext(context));
+  if (participants_ && !ours.empty()) participants_->Restored(*restored, std::move(ours), m->id);
   LogInfo("job restored", {{"job", restored->name},
                            {"checkpoint", m->id},
                            {"fetch_ms", std::to_string(fetch_ms)},

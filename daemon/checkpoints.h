@@ -17,9 +17,27 @@
 #include "cryo/error.h"
 #include "cryo/image_store.h"
 #include "cryo/store.h"
+#include "cryo/unique_fd.h"
 #include "supervisor.h"
 
 namespace cryo {
+
+// Processes of a job that take part in its checkpoints: the LD_PRELOAD
+// shim's API connections (daemon/shim_service.h).
+class CheckpointParticipants {
+ public:
+  virtual ~CheckpointParticipants() = default;
+  // Before the freeze: lets the job's processes get ready (hooks, holds;
+  // bounded). Returns the inodes of their sockets to cryod, which CRIU must
+  // dump as external.
+  virtual std::vector<uint64_t> Prepare(const JobRecord& job) = 0;
+  // The checkpoint is over and the job runs on; `status` is 0 or an errno.
+  virtual void Resumed(const JobRecord& job, int status, const std::string& id) = 0;
+  // A restored job's processes got `sockets` ({our end, inode of theirs})
+  // in place of the dumped ones.
+  virtual void Restored(const JobRecord& job, std::vector<std::pair<UniqueFd, uint64_t>> sockets,
+                        const std::string& id) = 0;
+};
 
 class CheckpointService {
  public:
@@ -60,6 +78,8 @@ class CheckpointService {
   bool IsLatest(const Manifest& manifest) { return LatestOf(manifest.job) == manifest.id; }
 
   Store& store() { return *store_; }
+  // Set once at startup, before any request.
+  void SetParticipants(CheckpointParticipants* participants) { participants_ = participants; }
 
  private:
   // Loads and authenticates the manifest REF names, if the caller may see it.
@@ -73,6 +93,7 @@ class CheckpointService {
   std::unique_ptr<Store> store_;
   Key key_;
   Options options_;
+  CheckpointParticipants* participants_ = nullptr;
 };
 
 }  // namespace cryo

@@ -19,6 +19,7 @@
 #include "cryo/log.h"
 #include "registry.h"
 #include "server.h"
+#include "shim_service.h"
 #include "supervisor.h"
 
 #ifndef CRYO_DEFAULT_CRIU
@@ -144,6 +145,23 @@ int RealMain(int argc, char** argv) {
   if (!server) {
     LogError("cannot listen", {{"error", server.error().ToString()}});
     return 1;
+  }
+  // The LD_PRELOAD shim of jobs talks to cryod on a socket next to the
+  // control socket. Without it, jobs run as they are and SIGTERM is plain.
+  std::unique_ptr<ShimService> shim;
+  std::string shim_socket =
+      (std::filesystem::path(config->socket_path).parent_path() / "shim.sock").string();
+  if (auto preload = FindHelper("libcryo_preload.so"); !preload) {
+    LogWarn("no LD_PRELOAD shim: SIGTERM will not checkpoint jobs",
+            {{"error", preload.error().ToString()}});
+  } else if (auto made = ShimService::Listen(shim_socket, **supervisor, checkpoints); !made) {
+    LogWarn("no LD_PRELOAD shim: SIGTERM will not checkpoint jobs",
+            {{"error", made.error().ToString()}});
+  } else {
+    shim = std::move(*made);
+    checkpoints.SetParticipants(shim.get());
+    shim->Start();
+    (*supervisor)->EnableShim(*preload, shim_socket);
   }
   std::thread serving([&] { (*server)->Serve(); });
   LogInfo("cryod ready", {{"socket", config->socket_path},

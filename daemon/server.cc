@@ -70,6 +70,8 @@ void ToProto(const JobRecord& job, proto::JobInfo* out) {
   out->set_cwd(job.cwd);
   out->set_restored_from(job.restored_from);
   out->set_last_checkpoint(job.last_checkpoint);
+  out->set_on_sigterm(std::string(OnSigtermName(job.on_sigterm)));
+  out->set_notice(job.notice);
 }
 
 void ToProto(const Manifest& m, bool latest, proto::CheckpointInfo* out) {

@@ -12,11 +12,13 @@
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "cryo/cgroup.h"
 #include "cryo/file_util.h"
 #include "cryo/log.h"
 #include "cryo/process.h"
+#include "cryo/shim_protocol.h"
 
 namespace cryo {
 namespace {
@@ -307,20 +309,75 @@ Result<JobRecord> Supervisor::Run(const Caller& caller, const proto::RunRequest&
   job.uid = caller.uid;
   job.gid = caller.gid;
   job.groups = caller.groups;
+  if (!request.on_sigterm().empty()) {
+    auto mode = ParseOnSigterm(request.on_sigterm());
+    if (!mode) {
+      return Fail(ErrorKind::kInvalidArgument,
+                  "unknown --on-sigterm '" + request.on_sigterm() +
+                      "' (use checkpoint, checkpoint-and-forward or forward)");
+    }
+    job.on_sigterm = *mode;
+  }
   std::string hint = "choose another --name, or stop it with 'cryo kill " + job.name + "'";
-  return Launch(caller, std::move(job), {}, hint);
+  auto shim_args = ShimArgs(job);
+  return Launch(caller, std::move(job), std::move(shim_args), hint);
+}
+
+void Supervisor::EnableShim(std::string preload_path, std::string shim_socket) {
+  std::lock_guard lock(mu_);
+  preload_path_ = std::move(preload_path);
+  shim_socket_ = std::move(shim_socket);
+}
+
+std::vector<std::string> Supervisor::ShimArgs(const JobRecord& job) const {
+  if (preload_path_.empty()) return {};
+  // The shim goes first; a preload of the user's own stays after it.
+  std::string preload = "LD_PRELOAD=" + preload_path_;
+  for (const auto& e : job.env) {
+    if (e.starts_with("LD_PRELOAD=") && e.size() > 11) preload += ":" + e.substr(11);
+  }
+  return {"--env", preload,
+          "--env", std::string(shim::kEnvSocket) + "=" + shim_socket_,
+          "--env", std::string(shim::kEnvMode) + "=" + std::string(OnSigtermName(job.on_sigterm))};
+}
+
+std::optional<JobRecord> Supervisor::JobOfProcess(pid_t pid) {
+  std::lock_guard lock(mu_);
+  std::string needle = std::to_string(pid);
+  for (const auto& [id, job] : jobs_) {
+    if (job.state != JobState::kRunning || job.cgroup.empty()) continue;
+    auto procs = ReadFileToString(job.cgroup + "/cgroup.procs");
+    if (!procs) continue;
+    std::istringstream lines(*procs);
+    for (std::string line; std::getline(lines, line);) {
+      if (line == needle) return job;
+    }
+  }
+  return std::nullopt;
+}
+
+void Supervisor::SetNotice(const std::string& id, const std::string& notice) {
+  std::lock_guard lock(mu_);
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return;
+  it->second.notice = notice;
+  if (auto s = table_.Save(it->second); !s)
+    LogError("cannot save job record", {{"error", s.error().ToString()}});
 }
 
 Result<JobRecord> Supervisor::StartRestored(const Caller& caller, JobRecord job,
-                                            std::vector<std::string> monitor_args) {
+                                            std::vector<std::string> monitor_args,
+                                            std::vector<std::pair<int, int>> fds) {
   job.id = NewJobId();
   return Launch(caller, std::move(job), std::move(monitor_args),
-                "restore it under another name with --name, or stop the running one first");
+                "restore it under another name with --name, or stop the running one first",
+                std::move(fds));
 }
 
 Result<JobRecord> Supervisor::Launch(const Caller& caller, JobRecord job,
                                      std::vector<std::string> monitor_args,
-                                     const std::string& conflict_hint) {
+                                     const std::string& conflict_hint,
+                                     std::vector<std::pair<int, int>> fds) {
   if (!IsValidJobName(job.name)) {
     return Fail(ErrorKind::kInvalidArgument,
                 "invalid job name '" + job.name + "': use 1-64 letters, digits, '_', '.', '-'");
@@ -364,13 +421,13 @@ Result<JobRecord> Supervisor::Launch(const Caller& caller, JobRecord job,
   auto report = MakePipe();
   if (!devnull || !monitor_log || !report)
     return forget(Error(ErrorKind::kIo, "cannot prepare the job's files"));
+  std::vector<std::pair<int, int>> monitor_fds = {
+      {0, devnull->get()}, {1, devnull->get()}, {2, monitor_log->get()}, {3, report->second.get()}};
+  monitor_fds.insert(monitor_fds.end(), fds.begin(), fds.end());
   auto monitor = Spawn({.path = monitor_path_,
                         .argv = MonitorArgv(dir, monitor_args),
                         .env = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
-                        .fds = {{0, devnull->get()},
-                                {1, devnull->get()},
-                                {2, monitor_log->get()},
-                                {3, report->second.get()}}});
+                        .fds = monitor_fds});
   report->second.reset();
   if (!monitor) return forget(monitor.error().WithContext("start job '" + job.name + "'"));
   auto report_text = ReadToEnd(report->first.get());

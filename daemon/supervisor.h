@@ -59,8 +59,10 @@ class Supervisor {
   // here): `job` carries name, owner,
   // argv, env and cwd from the verified manifest; `monitor_args` tell
   // cryo-monitor how to restore (see daemon/monitor).
+  // `fds` ({monitor fd, our fd}) are passed to cryo-monitor as well.
   Result<JobRecord> StartRestored(const Caller& caller, JobRecord job,
-                                  std::vector<std::string> monitor_args);
+                                  std::vector<std::string> monitor_args,
+                                  std::vector<std::pair<int, int>> fds = {});
   // Marks the running job `name` as being checkpointed (one at a time); with
   // `stop`, its end will be recorded as `checkpointed`.
   Result<JobRecord> BeginCheckpoint(const Caller& caller, std::string_view name, bool stop);
@@ -77,10 +79,21 @@ class Supervisor {
 
   const JobTable& table() const { return table_; }
 
+  // Jobs started from now on get the LD_PRELOAD shim at `preload_path`,
+  // talking to cryod's shim socket at `shim_socket`.
+  void EnableShim(std::string preload_path, std::string shim_socket);
+  // The running job process `pid` (a host pid) belongs to, by its cgroup.
+  std::optional<JobRecord> JobOfProcess(pid_t pid);
+  // Sets the job's notice (shown by `cryo ps`); empty clears it.
+  void SetNotice(const std::string& id, const std::string& notice);
+
  private:
   Supervisor(std::string state_dir, std::string monitor_path);
   Result<JobRecord> Launch(const Caller& caller, JobRecord job,
-                           std::vector<std::string> monitor_args, const std::string& conflict_hint);
+                           std::vector<std::string> monitor_args, const std::string& conflict_hint,
+                           std::vector<std::pair<int, int>> fds = {});
+  // cryo-monitor arguments that give a fresh program the shim.
+  std::vector<std::string> ShimArgs(const JobRecord& job) const;
   void Adopt(JobRecord& job);
   // Applies the job's exit.json to `job` if there is one; returns whether.
   bool RecordEnd(JobRecord& job, std::string_view when);
@@ -96,6 +109,8 @@ class Supervisor {
 
   JobTable table_;
   std::string monitor_path_;
+  std::string preload_path_;  // empty: no shim
+  std::string shim_socket_;
   std::mutex mu_;
   std::condition_variable changed_;
   std::map<std::string, JobRecord> jobs_;   // by id

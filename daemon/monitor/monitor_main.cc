@@ -14,7 +14,11 @@
 //
 // brings a checkpointed job back instead: CRIU restores the tree as this
 // process's child (rst_sibling) into the job's cgroup, with fresh pipes in
-// place of the dumped stdout/stderr pipes (inherit-fd keys K).
+// place of the dumped stdout/stderr pipes (inherit-fd keys K), and of the
+// shim's API sockets (--inherit KEY=FD, an fd cryod passed).
+//
+//   --env KEY=VALUE   (fresh start) adds to the program's environment: the
+//                     LD_PRELOAD shim and its settings
 //
 // Start report on fd 3, one JSON object, then the fd is closed:
 //   {"init_pid":N,"init_start_time":T,"pid":P,"stdout_key":K,"stderr_key":K}  it runs
@@ -32,6 +36,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -146,7 +151,23 @@ struct Mode {
   std::string restore_images;  // empty: start the program fresh
   std::string criu;
   std::string stdout_key, stderr_key;
+  // More inherit-fd replacements for a restore (the shim's API sockets):
+  // key and an fd cryod passed us.
+  std::vector<std::pair<std::string, int>> inherit;
+  // KEY=VALUE entries added to (or replacing in) the program's environment.
+  std::vector<std::string> env;
 };
+
+// `env` with `extra` entries replacing those of the same key, or added.
+std::vector<std::string> MergeEnvironment(std::vector<std::string> env,
+                                          const std::vector<std::string>& extra) {
+  for (const auto& kv : extra) {
+    std::string key = kv.substr(0, kv.find('=') + 1);
+    std::erase_if(env, [&](const std::string& e) { return e.starts_with(key); });
+    env.push_back(kv);
+  }
+  return env;
+}
 
 std::string PipeKey(int fd) {
   struct stat st;
@@ -168,9 +189,13 @@ pid_t StartJob(const Mode& mode, const JobRecord& job, const std::string& init_p
     if (!mode.stderr_key.empty() && mode.stderr_key != mode.stdout_key) {
       inherit.push_back({mode.stderr_key, p.err_w.get()});
     }
+    inherit.insert(inherit.end(), mode.inherit.begin(), mode.inherit.end());
     auto pid = (*criu)->Restore({.images_dir = mode.restore_images,
                                  .inherit_fds = inherit,
                                  .cgroup_procs = job.cgroup + "/cgroup.procs"});
+    // The shim's sockets now live in the restored program; without our
+    // copies, cryod sees the program's close as an end of file.
+    for (const auto& [key, fd] : mode.inherit) UniqueFd{fd}.reset();
     if (!pid) {
       Report({{"errno", 0}, {"error", pid.error().ToString()}});
       return 0;
@@ -194,7 +219,7 @@ pid_t StartJob(const Mode& mode, const JobRecord& job, const std::string& init_p
   // The program's environment, NUL-separated, read by cryo-init before it
   // starts the program (a failed write means cryo-init already failed).
   std::string env;
-  for (const auto& e : job.env) env.append(e).push_back('\0');
+  for (const auto& e : MergeEnvironment(job.env, mode.env)) env.append(e).push_back('\0');
   (void)WriteAll(p.env_w.get(), env);
   p.env_w.reset();
   std::string failure = ReadInitReport(p.report_r.get());
@@ -332,6 +357,12 @@ int main(int argc, char** argv) {
       mode.stdout_key = argv[i + 1];
     } else if (flag == "--stderr-key") {
       mode.stderr_key = argv[i + 1];
+    } else if (flag == "--env" && std::strchr(argv[i + 1], '=') != nullptr) {
+      mode.env.emplace_back(argv[i + 1]);
+    } else if (flag == "--inherit" && std::strrchr(argv[i + 1], '=') != nullptr) {
+      std::string spec = argv[i + 1];
+      size_t eq = spec.rfind('=');
+      mode.inherit.push_back({spec.substr(0, eq), std::atoi(spec.c_str() + eq + 1)});
     } else {
       ok = false;
     }

@@ -789,6 +789,8 @@ std::string EncodeManifest(const Manifest& m, const Key& key) {
       {"criu_options", m.criu_options},
       {"stdout_key", m.stdout_key},
       {"stderr_key", m.stderr_key},
+      {"shim_sockets", m.shim_sockets},
+      {"on_sigterm", m.on_sigterm},
       {"files", std::move(files)},
       {"image_bytes", m.image_bytes},
       {"stored_bytes", m.stored_bytes},
@@ -853,6 +855,9 @@ Result<Manifest> DecodeManifest(std::string_view data, const Key& key) {
     m.criu_options = j.at("criu_options").get<std::map<std::string, std::string>>();
     m.stdout_key = j.at("stdout_key").get<std::string>();
     m.stderr_key = j.at("stderr_key").get<std::string>();
+    // Optional: manifests from before the shim lack them.
+    m.shim_sockets = j.value("shim_sockets", std::vector<uint64_t>{});
+    m.on_sigterm = j.value("on_sigterm", std::string("checkpoint"));
     for (const auto& file : j.at("files")) {
       auto parsed = FileFromJson(file);
       if (!parsed)

@@ -44,6 +44,31 @@ std::string_view JobStateName(JobState state) {
   return "unknown";
 }
 
+namespace {
+constexpr struct {
+  OnSigterm mode;
+  std::string_view name;
+} kOnSigtermNames[] = {
+    {OnSigterm::kCheckpoint, "checkpoint"},
+    {OnSigterm::kCheckpointAndForward, "checkpoint-and-forward"},
+    {OnSigterm::kForward, "forward"},
+};
+}  // namespace
+
+std::string_view OnSigtermName(OnSigterm mode) {
+  for (const auto& m : kOnSigtermNames) {
+    if (m.mode == mode) return m.name;
+  }
+  return "checkpoint";
+}
+
+std::optional<OnSigterm> ParseOnSigterm(std::string_view name) {
+  for (const auto& m : kOnSigtermNames) {
+    if (m.name == name) return m.mode;
+  }
+  return std::nullopt;
+}
+
 std::string EncodeJobRecord(const JobRecord& job) {
   json j = {
       {"version", kRecordVersion},
@@ -68,6 +93,8 @@ std::string EncodeJobRecord(const JobRecord& job) {
       {"stderr_key", job.stderr_key},
       {"restored_from", job.restored_from},
       {"last_checkpoint", job.last_checkpoint},
+      {"on_sigterm", OnSigtermName(job.on_sigterm)},
+      {"notice", job.notice},
       {"stop_on_checkpoint", job.stop_on_checkpoint},
   };
   if (job.exit_code) j["exit_code"] = *job.exit_code;
@@ -107,6 +134,9 @@ Result<JobRecord> DecodeJobRecord(std::string_view text) {
     job.stderr_key = j.value("stderr_key", "");
     job.restored_from = j.value("restored_from", "");
     job.last_checkpoint = j.value("last_checkpoint", "");
+    job.on_sigterm =
+        ParseOnSigterm(j.value("on_sigterm", "checkpoint")).value_or(OnSigterm::kCheckpoint);
+    job.notice = j.value("notice", "");
     job.stop_on_checkpoint = j.value("stop_on_checkpoint", false);
     if (job.id.empty() || job.name.empty())
       return Fail(ErrorKind::kCorrupt, "job record lacks id or name");

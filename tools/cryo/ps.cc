@@ -65,6 +65,8 @@ nlohmann::json ToJson(const proto::JobInfo& job) {
       {"cwd", job.cwd()},
       {"restored_from", job.restored_from()},
       {"last_checkpoint", job.last_checkpoint()},
+      {"on_sigterm", job.on_sigterm()},
+      {"notice", job.notice()},
   };
   j["exit_code"] = job.has_exit_code() ? nlohmann::json(job.exit_code()) : nlohmann::json(nullptr);
   j["ended_unix_ms"] =
@@ -97,6 +99,9 @@ int Ps(const Globals& globals, const PsOptions& opts) {
               << (job.pid() != 0 ? std::to_string(job.pid()) : "-") << std::setw(10)
               << OwnerName(job.uid()) << std::setw(21) << LocalTime(job.created_unix_ms())
               << CommandLine(job) << "\n";
+  }
+  for (const auto& job : jobs) {
+    if (!job.notice().empty()) std::cout << "\n" << job.name() << ": " << job.notice() << "\n";
   }
   return kExitOk;
 }

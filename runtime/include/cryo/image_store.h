@@ -78,6 +78,10 @@ struct Manifest {
   // inherit-fd keys of the job's stdout/stderr pipes ("pipe:[123]").
   std::string stdout_key;
   std::string stderr_key;
+  // Inodes of the shim's API sockets (unix, connected to cryod), dumped as
+  // external: a restore passes fresh ones with inherit-fd "socket:[N]".
+  std::vector<uint64_t> shim_sockets;
+  std::string on_sigterm;  // the job's --on-sigterm mode
   std::vector<ImageFile> files;
   uint64_t image_bytes = 0;   // sum of file sizes
   uint64_t stored_bytes = 0;  // bytes of new chunks this checkpoint wrote

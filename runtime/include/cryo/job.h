@@ -30,6 +30,15 @@ enum class JobState {
 
 std::string_view JobStateName(JobState state);
 
+// What a SIGTERM to the job does (the LD_PRELOAD shim and cryod together).
+enum class OnSigterm {
+  kCheckpoint,            // checkpoint the job, then end it; the program never sees it
+  kCheckpointAndForward,  // checkpoint, then deliver it to the program
+  kForward,               // deliver it, nothing else
+};
+std::string_view OnSigtermName(OnSigterm mode);
+std::optional<OnSigterm> ParseOnSigterm(std::string_view name);
+
 struct JobRecord {
   std::string id;    // unique forever, names the job's directory
   std::string name;  // unique among live jobs
@@ -57,6 +66,8 @@ struct JobRecord {
   std::string restored_from;        // checkpoint id this job was restored from
   std::string last_checkpoint;      // id of its newest checkpoint
   bool stop_on_checkpoint = false;  // a --stop checkpoint is under way
+  OnSigterm on_sigterm = OnSigterm::kCheckpoint;
+  std::string notice;  // shown by `cryo ps`: e.g. a SIGTERM checkpoint that failed
 };
 
 std::string EncodeJobRecord(const JobRecord& job);
