@@ -216,7 +216,10 @@ TEST(Checkpoint, PythonInterpreterKeepsItsState) {
 
 TEST(Checkpoint, AttachedRestoreStreamsOutputAndForwardsSignals) {
   Cryod d;
-  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "h", "--", TestProgram("term_handler")}).exit_code, 0);
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "h", "--on-sigterm", "forward", "--",
+                    TestProgram("term_handler")})
+                .exit_code,
+            0);
   ASSERT_TRUE(WaitForOutput(d, "h", "ready"));
   ASSERT_FALSE(CheckpointJson(d, "h", true).is_null());
   BackgroundCommand restore(d.CryoArgv({"restore", "h"}), d.WithSocket({}));

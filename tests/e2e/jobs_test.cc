@@ -83,8 +83,8 @@ TEST(Jobs, JobRunsWithTheCallersUidGidAndSupplementaryGroups) {
 
 TEST(Jobs, DetachedJobAppearsInPsJsonHasLogsAndCanBeKilled) {
   Cryod d;
-  auto r =
-      d.Cryo({"run", "-d", "--name", "napper", "--", "sh", "-c", "echo started; exec sleep 1000"});
+  auto r = d.Cryo({"run", "-d", "--name", "napper", "--on-sigterm", "forward", "--", "sh", "-c",
+                   "echo started; exec sleep 1000"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "napper\n");
   ASSERT_TRUE(LogsContain(d, "napper", "started\n"));
@@ -120,7 +120,10 @@ TEST(Jobs, GeneratedNamesAreUniqueAndDuplicateLiveNamesAreRefused) {
 
 TEST(Jobs, KillWithSignalReachesTheProgramsOwnHandler) {
   Cryod d;
-  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "h", "--", TestProgram("term_handler")}).exit_code, 0);
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "h", "--on-sigterm", "forward", "--",
+                    TestProgram("term_handler")})
+                .exit_code,
+            0);
   ASSERT_TRUE(LogsContain(d, "h", "ready"));
   ASSERT_EQ(d.Cryo({"kill", "--signal", "SIGTERM", "h"}).exit_code, 0);
   auto follow = d.Cryo({"logs", "-f", "h"});  // returns when the job has ended
@@ -130,7 +133,9 @@ TEST(Jobs, KillWithSignalReachesTheProgramsOwnHandler) {
 
 TEST(Jobs, SignalsSentToForegroundRunAreForwardedToTheJob) {
   Cryod d;
-  BackgroundCommand run(d.CryoArgv({"run", "--", TestProgram("term_handler")}), d.WithSocket({}));
+  BackgroundCommand run(
+      d.CryoArgv({"run", "--on-sigterm", "forward", "--", TestProgram("term_handler")}),
+      d.WithSocket({}));
   ASSERT_TRUE(run.WaitForOutput("ready", seconds(10)));
   run.Signal(SIGTERM);
   auto r = run.Finish(seconds(10));
@@ -269,7 +274,7 @@ bool AnyZombie(const std::vector<pid_t>& pids) {
 TEST(Jobs, OrphansAreReapedAndEndedJobsLeaveNoZombies) {
   Cryod d;
   // Three orphans that end at once, reparented to cryo-init.
-  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "orphans", "--", "sh", "-c",
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "orphans", "--on-sigterm", "forward", "--", "sh", "-c",
                     "for i in 1 2 3; do (true &); done; echo spawned; exec sleep 1000"})
                 .exit_code,
             0);
