@@ -17,6 +17,7 @@
 #include "cryo/log.h"
 #include "cryo/protocol.h"
 #include "output_stream.h"
+#include "progress.h"
 
 namespace cryo {
 namespace {
@@ -108,6 +109,7 @@ void FollowToEnd(const Session& s, const JobRecord& job) {
   }
   proto::Response r;
   r.mutable_exited()->set_exit_code((*ended)->exit_code.value_or(255));
+  r.mutable_exited()->set_checkpointed((*ended)->state == JobState::kCheckpointed);
   s.Send(r);
 }
 
@@ -157,20 +159,43 @@ void HandleRemove(const Session& s, const proto::Request& req) {
   s.Send(JobResponse(*job));
 }
 
+// `progress` frames on the client's connection, if it asked for them. The
+// meter's thread sends them while the session's thread waits for the
+// operation; destroying the meter stops them before the final answer.
+std::unique_ptr<ProgressMeter> ProgressFrames(const Session& s, bool wanted) {
+  if (!wanted) return nullptr;
+  return std::make_unique<ProgressMeter>([&s](const ProgressReport& p) {
+    proto::Response r;
+    auto* out = r.mutable_progress();
+    out->set_phase(p.phase);
+    out->set_done_bytes(p.done_bytes);
+    out->set_total_bytes(p.total_bytes);
+    out->set_elapsed_ms(p.elapsed_ms);
+    s.Send(r);
+  });
+}
+
 void HandleCheckpoint(const Session& s, const proto::Request& req) {
-  auto m = s.checkpoints.Checkpoint(s.caller, req.checkpoint().name(), req.checkpoint().stop());
+  auto progress = ProgressFrames(s, req.checkpoint().progress());
+  auto m = s.checkpoints.Checkpoint(s.caller, req.checkpoint().name(), req.checkpoint().stop(),
+                                    progress.get());
+  progress.reset();
   if (!m) return s.SendError(m.error());
   s.Send(CheckpointResponse(s, *m));
 }
 
 void HandleRestore(const Session& s, const proto::Request& req) {
-  auto job = s.checkpoints.Restore(s.caller, req.restore().ref(), req.restore().name());
-  if (!job) return s.SendError(job.error());
-  if (!req.restore().attach()) return s.Send(JobResponse(*job));
-  proto::Response started;
-  ToProto(*job, started.mutable_started()->mutable_job());
-  s.Send(started);
-  FollowToEnd(s, *job);
+  auto progress = ProgressFrames(s, req.restore().progress());
+  auto restored =
+      s.checkpoints.Restore(s.caller, req.restore().ref(), req.restore().name(), progress.get());
+  progress.reset();
+  if (!restored) return s.SendError(restored.error());
+  proto::Response r;
+  auto* info = req.restore().attach() ? r.mutable_started()->mutable_job() : r.mutable_job();
+  ToProto(restored->job, info);
+  for (const auto& [phase, ms] : restored->phases) (*info->mutable_restore_phases_ms())[phase] = ms;
+  s.Send(r);
+  if (req.restore().attach()) FollowToEnd(s, restored->job);
 }
 
 void HandleCheckpoints(const Session& s, const proto::Request& req) {

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # README command 1: sets the machine up if needed (tools/setup.sh), starts
 # cryod with a local store in a scratch directory, runs a real program under
-# `cryo run`, checkpoints it, restores it (it goes on where it was), and stops
+# `cryo run`, checkpoints it, restores it (it goes on where it was), sends it
+# a SIGTERM (checkpointed, then stopped), restores it again, and stops
 # everything cleanly.
 set -euo pipefail
 
@@ -56,8 +57,20 @@ sleep 1
 cryo logs counter | head -3
 step "cryo checkpoints"
 cryo checkpoints
-step "cryo kill counter"
+step "cryo kill counter           # a SIGTERM: cryo checkpoints the job, then stops it"
 cryo kill counter
+for _ in $(seq 100); do
+  cryo ps --all | grep -q '^counter .*checkpointed' && break
+  sleep 0.1
+done
+step "cryo ps --all"
+cryo ps --all
+step "cryo restore -d counter      # the program never saw the SIGTERM: it goes on counting"
+cryo restore -d counter
+sleep 1
+cryo logs counter | tail -3
+step "cryo kill --signal KILL counter"
+cryo kill --signal KILL counter
 sleep 0.3
 step "cryo ps --all"
 cryo ps --all

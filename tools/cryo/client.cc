@@ -124,6 +124,14 @@ int AttachToJob(const Globals& globals, int fd, const std::string& name, std::st
     if (r->has_output()) {
       WriteOutput(r->output());
     } else if (r->has_exited()) {
+      if (r->exited().checkpointed()) {
+        // Stopped to be resumed later: say how, and end like a program
+        // that SIGTERM ended, which is what the sender asked for.
+        std::cerr << "cryo " << command << ": job '" << name
+                  << "' was checkpointed and stopped; resume it with 'cryo restore " << name
+                  << "'\n";
+        return 128 + SIGTERM;
+      }
       return r->exited().exit_code();
     } else if (r->has_error()) {
       ReportError(command, ErrorFromProto(r->error()));
