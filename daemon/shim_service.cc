@@ -264,6 +264,10 @@ void ShimService::CheckpointOnTerm(JobRecord job) {
     terms_.erase(job.id);
   }
   if (!result) {
+    // A job that ended meanwhile (another checkpoint --stop, a kill) needs
+    // neither the signal nor a notice.
+    auto now = supervisor_.Get(job.id);
+    if (!now || now->state != JobState::kRunning) return;
     std::string notice = "SIGTERM at " + std::to_string(UnixMillis() / 1000) +
                          ": checkpoint failed, so the program got the SIGTERM (" +
                          result.error().message() + ")";
