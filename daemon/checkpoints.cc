@@ -8,9 +8,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <set>
 #include <utility>
 
+#include "criu_stats.h"
 #include "cryo/checkpointer.h"
 #include "cryo/file_util.h"
 #include "cryo/log.h"
@@ -54,6 +56,43 @@ class WorkDir {
   std::string path_;
 };
 
+// The bytes of the regular files in `dir` so far (CRIU writing images).
+uint64_t DirectoryBytes(const std::string& dir) {
+  uint64_t total = 0;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (!entry.is_regular_file(ec)) continue;
+    uintmax_t size = entry.file_size(ec);
+    if (!ec) total += size;
+  }
+  return total;
+}
+
+// A phase's time for the log ("" when there is none).
+std::string PhaseMs(const PhaseTimes& phases, const std::string& phase) {
+  auto it = phases.find(phase);
+  return it == phases.end() ? "" : std::to_string(it->second);
+}
+
+void BeginPhase(ProgressMeter* progress, std::string phase, uint64_t total_bytes = 0,
+                std::function<uint64_t()> poll = {}) {
+  if (progress) progress->BeginPhase(std::move(phase), total_bytes, std::move(poll));
+}
+
+// CRIU freezes the job as its dump begins: its own measure of that, taken
+// out of the dump phase cryod timed. Without CRIU's stats (an older CRIU)
+// the dump phase stays whole and there is no freeze phase.
+void SplitFreezeFromDump(PhaseTimes& phases, const std::string& work_dir) {
+  auto stats = ReadCriuDumpStats(work_dir + "/" + std::string(kCriuDumpStatsFile));
+  if (!stats) {
+    LogDebug("no freeze time from CRIU", {{"error", stats.error().ToString()}});
+    return;
+  }
+  int64_t freeze_ms = (stats->freezing_us + 500) / 1000;
+  phases["freeze"] = freeze_ms;
+  phases["dump"] = std::max<int64_t>(0, phases["dump"] - freeze_ms);
+}
+
 void Describe(Manifest& m) {
   utsname u{};
   ::uname(&u);
@@ -71,10 +110,13 @@ CheckpointService::CheckpointService(Supervisor& supervisor, std::unique_ptr<Sto
   }
 }
 
-Status CheckpointService::Publish(Manifest& m, const std::string& images_dir) {
+Status CheckpointService::Publish(Manifest& m, const std::string& images_dir,
+                                  ProgressMeter* progress) {
   auto start = Clock::now();
   StoreStats stats;
-  auto files = StoreImages(images_dir, *store_, key_, &stats);
+  BeginPhase(progress, "store", DirectoryBytes(images_dir));
+  auto files =
+      StoreImages(images_dir, *store_, key_, &stats, progress ? progress->Counter() : nullptr);
   if (!files) return std::unexpected(files.error().WithContext("store images in " + store_->url()));
   m.files = std::move(*files);
   m.image_bytes = stats.bytes;
@@ -84,6 +126,7 @@ Status CheckpointService::Publish(Manifest& m, const std::string& images_dir) {
   // Chunks, then the manifest, then the reference: a crash at any point
   // leaves the previous checkpoint as `latest` and the store consistent.
   start = Clock::now();
+  BeginPhase(progress, "publish");
   if (auto s = store_->Flush(); !s) return s;
   if (auto s = store_->Put(ManifestKey(m.id), EncodeManifest(m, key_)); !s) return s;
   if (auto s = store_->Flush(); !s) return s;
@@ -98,7 +141,7 @@ Status CheckpointService::Publish(Manifest& m, const std::string& images_dir) {
 }
 
 Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string_view name,
-                                               bool stop) {
+                                               bool stop, ProgressMeter* progress) {
   std::shared_lock store_lock(store_mu_);
   auto job = supervisor_.BeginCheckpoint(caller, name, stop);
   if (!job) return std::unexpected(job.error());
@@ -163,10 +206,11 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   // store and publish while it is frozen. Otherwise let it run again as
   // soon as the images are complete and store afterwards.
   auto start = Clock::now();
+  BeginPhase(progress, "dump", 0, [dir = work->images()] { return DirectoryBytes(dir); });
   Status stored;
   auto commit = [&]() -> Status {
     m.phases["dump"] = MillisSince(start);
-    if (stop) stored = Publish(m, work->images());
+    if (stop) stored = Publish(m, work->images(), progress);
     return stored;
   };
   auto dumped = (*criu)->Dump({.pid = job->init_pid,
@@ -181,8 +225,11 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
     LogWarn("checkpoint failed", {{"job", job->name}, {"error", dumped.error().ToString()}});
     return std::unexpected(dumped.error().WithContext(context));
   }
+  // CRIU's stats exist once the dump is over: in time for the manifest
+  // unless --stop published it during the dump.
+  SplitFreezeFromDump(m.phases, work->path());
   if (!stop) {
-    if (auto s = Publish(m, work->images()); !s) {
+    if (auto s = Publish(m, work->images(), progress); !s) {
       LogWarn("checkpoint not stored", {{"job", job->name}, {"error", s.error().ToString()}});
       return std::unexpected(s.error().WithContext(context));
     }
@@ -194,9 +241,11 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
                                 {"id", m.id},
                                 {"bytes", std::to_string(m.image_bytes)},
                                 {"stored_bytes", std::to_string(m.stored_bytes)},
-                                {"dump_ms", std::to_string(m.phases["dump"])},
-                                {"store_ms", std::to_string(m.phases["store"])},
-                                {"publish_ms", std::to_string(m.phases["publish"])},
+                                {"freeze_ms", PhaseMs(m.phases, "freeze")},
+                                {"dump_ms", PhaseMs(m.phases, "dump")},
+                                {"store_ms", PhaseMs(m.phases, "store")},
+                                {"publish_ms", PhaseMs(m.phases, "publish")},
+                                {"total_ms", PhaseMs(m.phases, "total")},
                                 {"stop", stop ? "true" : "false"}});
   return m;
 }
@@ -246,20 +295,27 @@ Result<Manifest> CheckpointService::Resolve(const Caller& caller, std::string_vi
   return m;
 }
 
-Result<JobRecord> CheckpointService::Restore(const Caller& caller, std::string_view ref,
-                                             std::string_view name) {
+Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& caller,
+                                                               std::string_view ref,
+                                                               std::string_view name,
+                                                               ProgressMeter* progress) {
   std::shared_lock store_lock(store_mu_);
   auto m = Resolve(caller, ref);
   if (!m) return std::unexpected(m.error().WithContext("restore " + std::string(ref)));
   std::string context = "restore " + m->id;
-  auto start = Clock::now();
+  auto begin = Clock::now();
+  auto start = begin;
+  PhaseTimes phases;
   auto work = WorkDir::Create(options_.state_dir, NewJobId());
   if (!work) return std::unexpected(work.error().WithContext(context));
-  if (auto s = FetchImages(m->files, *store_, key_, work->images()); !s) {
+  BeginPhase(progress, "fetch", m->image_bytes);
+  if (auto s = FetchImages(m->files, *store_, key_, work->images(),
+                           progress ? progress->Counter() : nullptr);
+      !s) {
     return std::unexpected(
         s.error().WithContext(context + " (run 'cryo verify " + m->id + "' for details)"));
   }
-  int64_t fetch_ms = MillisSince(start);
+  phases["fetch"] = MillisSince(start);
 
   JobRecord job;
   job.name = name.empty() ? m->job : std::string(name);
@@ -295,15 +351,19 @@ Result<JobRecord> CheckpointService::Restore(const Caller& caller, std::string_v
     monitor_args.push_back("socket:[" + std::to_string(inode) + "]=" + std::to_string(target));
   }
   start = Clock::now();
+  BeginPhase(progress, "restore");
   auto restored = supervisor_.StartRestored(caller, job, monitor_args, monitor_fds);
   theirs.clear();
   if (!restored) return std::unexpected(restored.error().WithContext(context));
+  phases["restore"] = MillisSince(start);
   if (participants_ && !ours.empty()) participants_->Restored(*restored, std::move(ours), m->id);
+  phases["total"] = MillisSince(begin);
   LogInfo("job restored", {{"job", restored->name},
                            {"checkpoint", m->id},
-                           {"fetch_ms", std::to_string(fetch_ms)},
-                           {"restore_ms", std::to_string(MillisSince(start))}});
-  return restored;
+                           {"fetch_ms", PhaseMs(phases, "fetch")},
+                           {"restore_ms", PhaseMs(phases, "restore")},
+                           {"total_ms", PhaseMs(phases, "total")}});
+  return Restored{std::move(*restored), std::move(phases)};
 }
 
 Result<std::vector<Manifest>> CheckpointService::List(const Caller& caller, std::string_view job) {

@@ -18,6 +18,7 @@
 #include "cryo/image_store.h"
 #include "cryo/store.h"
 #include "cryo/unique_fd.h"
+#include "progress.h"
 #include "supervisor.h"
 
 namespace cryo {
@@ -52,10 +53,22 @@ class CheckpointService {
   // Checkpoints the running job `name`. The job keeps running unless `stop`,
   // in which case it is ended only after the checkpoint is durable. On any
   // failure the job is left running as before and nothing becomes visible.
-  Result<Manifest> Checkpoint(const Caller& caller, std::string_view name, bool stop);
+  // The result's `phases` (ms): freeze, dump, store, publish, total. The
+  // stored manifest has those over when it is written: freeze, dump, store;
+  // a `stop` checkpoint's is written before CRIU reports its freeze time,
+  // so has no freeze and its dump includes it. Reports its phases ("dump",
+  // "store", "publish") to `progress` if given.
+  Result<Manifest> Checkpoint(const Caller& caller, std::string_view name, bool stop,
+                              ProgressMeter* progress = nullptr);
+  struct Restored {
+    JobRecord job;
+    PhaseTimes phases;  // fetch, restore, total (ms)
+  };
   // Restores REF (NAME, NAME@latest or an id) as job `name` (default: the
-  // checkpointed job's name).
-  Result<JobRecord> Restore(const Caller& caller, std::string_view ref, std::string_view name);
+  // checkpointed job's name). Reports its phases ("fetch", "restore") to
+  // `progress` if given.
+  Result<Restored> Restore(const Caller& caller, std::string_view ref, std::string_view name,
+                           ProgressMeter* progress = nullptr);
   // The caller's checkpoints (of `job`, if not empty), newest first.
   Result<std::vector<Manifest>> List(const Caller& caller, std::string_view job);
   // Re-reads every chunk of REF and checks every hash.
@@ -84,7 +97,7 @@ class CheckpointService {
  private:
   // Loads and authenticates the manifest REF names, if the caller may see it.
   Result<Manifest> Resolve(const Caller& caller, std::string_view ref);
-  Status Publish(Manifest& manifest, const std::string& images_dir);
+  Status Publish(Manifest& manifest, const std::string& images_dir, ProgressMeter* progress);
 
   Supervisor& supervisor_;
   // Checkpoints, restores and the rest share the store; gc excludes them all

@@ -421,8 +421,9 @@ class ChunkQueue {
 
 class ImageUploader {
  public:
-  ImageUploader(Store& store, const Key& key, std::vector<ImageFile>& files)
-      : store_(store), hasher_(key), files_(files) {}
+  ImageUploader(Store& store, const Key& key, std::vector<ImageFile>& files,
+                const ImageProgress& progress)
+      : store_(store), hasher_(key), files_(files), progress_(progress) {}
 
   // Cuts `data` (file number `file`) into chunks and queues them.
   void Cut(size_t file, std::string_view data) {
@@ -467,6 +468,8 @@ class ImageUploader {
       if (auto s = Upload(*task, cctx.get(), encoded); !s) {
         errors_.Set(task->order, s.error().WithContext("image " + files_[task->file].name +
                                                        ": chunk " + std::to_string(task->index)));
+      } else if (progress_) {
+        progress_(task->data.size());
       }
     }
   }
@@ -499,6 +502,7 @@ class ImageUploader {
   Store& store_;
   ChunkHasher hasher_;
   std::vector<ImageFile>& files_;
+  const ImageProgress& progress_;
   ChunkQueue queue_{4 * WorkerCount()};
   FirstError errors_;
   size_t order_ = 0;  // used by the cutting thread only
@@ -548,7 +552,7 @@ struct FetchTask {
 // fds[file] at its offset when `fds` is given, except chunks of zeros (the
 // files must have their final size already, so those read back as zeros).
 Status FetchChunks(const std::vector<ImageFile>& files, Store& store, const Key& key,
-                   const std::vector<UniqueFd>* fds) {
+                   const std::vector<UniqueFd>* fds, const ImageProgress& progress) {
   std::vector<FetchTask> tasks;
   for (size_t f = 0; f < files.size(); ++f) {
     uint64_t offset = 0;
@@ -589,7 +593,11 @@ Status FetchChunks(const std::vector<ImageFile>& files, Store& store, const Key&
     while (!errors.failed()) {
       size_t t = next.fetch_add(1);
       if (t >= tasks.size()) break;
-      if (auto s = fetch_one(tasks[t], dctx.get(), buf); !s) errors.Set(t, s.error());
+      if (auto s = fetch_one(tasks[t], dctx.get(), buf); !s) {
+        errors.Set(t, s.error());
+      } else if (progress) {
+        progress(files[tasks[t].file].chunks[tasks[t].index].size);
+      }
     }
   };
   {
@@ -707,14 +715,14 @@ std::string ManifestKey(std::string_view id) { return "manifests/" + std::string
 std::string LatestRefKey(std::string_view job) { return "refs/" + std::string(job) + "/latest"; }
 
 Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store, const Key& key,
-                                           StoreStats* stats) {
+                                           StoreStats* stats, const ImageProgress& progress) {
   auto names = ListRegularFiles(dir);
   if (!names) return std::unexpected(names.error());
   std::vector<ImageFile> files(names->size());
   for (size_t f = 0; f < files.size(); ++f) files[f].name = (*names)[f];
 
   std::vector<MappedFile> mapped;  // declared first: outlives the workers that read it
-  ImageUploader uploader(store, key, files);
+  ImageUploader uploader(store, key, files, progress);
   uploader.Start();
   for (size_t f = 0; f < files.size() && !uploader.failed(); ++f) {
     auto file = MappedFile::Open(dir + "/" + files[f].name);
@@ -731,7 +739,7 @@ Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store,
 }
 
 Status FetchImages(const std::vector<ImageFile>& files, Store& store, const Key& key,
-                   const std::string& dir) {
+                   const std::string& dir, const ImageProgress& progress) {
   if (auto s = ValidateImageFiles(files); !s) return s;
   std::vector<UniqueFd> fds;
   std::vector<std::string> created;
@@ -745,7 +753,7 @@ Status FetchImages(const std::vector<ImageFile>& files, Store& store, const Key&
         return SysFail("restore image " + file.name + ": resize " + path);
       fds.push_back(std::move(*fd));
     }
-    if (auto s = FetchChunks(files, store, key, &fds); !s) return s;
+    if (auto s = FetchChunks(files, store, key, &fds, progress); !s) return s;
     for (size_t f = 0; f < files.size(); ++f) {
       struct stat st {};
       if (::fstat(fds[f].get(), &st) != 0) return SysFail("stat " + created[f]);
@@ -765,7 +773,7 @@ Status FetchImages(const std::vector<ImageFile>& files, Store& store, const Key&
 
 Status VerifyImages(const std::vector<ImageFile>& files, Store& store, const Key& key) {
   if (auto s = ValidateImageFiles(files); !s) return s;
-  return FetchChunks(files, store, key, nullptr);
+  return FetchChunks(files, store, key, nullptr, {});
 }
 
 std::string EncodeManifest(const Manifest& m, const Key& key) {

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <map>
 #include <random>
@@ -298,6 +299,19 @@ TEST_F(ImagesTest, ChunkNamesDependOnTheKey) {
   ASSERT_TRUE(other.has_value());
   EXPECT_NE((*other)[3].chunks[0].hash, files[3].chunks[0].hash);
   EXPECT_EQ((*other)[3].chunks[0].size, files[3].chunks[0].size) << "boundaries do not";
+}
+
+TEST_F(ImagesTest, ProgressCountsEveryByteStoredAndFetched) {
+  std::atomic<uint64_t> stored{0};
+  StoreStats stats;
+  auto files = StoreImages(images_.path(), store_, key_, &stats, [&](uint64_t n) { stored += n; });
+  ASSERT_TRUE(files.has_value()) << files.error().ToString();
+  EXPECT_EQ(stored.load(), stats.bytes);
+  std::atomic<uint64_t> fetched{0};
+  TempDir out;
+  auto s = FetchImages(*files, store_, key_, out.path(), [&](uint64_t n) { fetched += n; });
+  ASSERT_TRUE(s.has_value()) << s.error().ToString();
+  EXPECT_EQ(fetched.load(), stats.bytes);
 }
 
 TEST(StoreImagesTest, InsertedPagesCostLittleToStoreAgain) {

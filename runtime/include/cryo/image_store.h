@@ -17,6 +17,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <string_view>
@@ -105,15 +106,20 @@ struct StoreStats {
   uint64_t new_chunks = 0;
 };
 
+// Told that StoreImages or FetchImages has handled `bytes` more plaintext
+// bytes (a chunk's worth). Called from their worker threads, concurrently:
+// it must be thread-safe and quick.
+using ImageProgress = std::function<void(uint64_t bytes)>;
+
 // Chunks every regular file in `dir` (sorted by name), compresses new chunks
 // with zstd and puts them into `store` (PutIfAbsent), in parallel. Does not
 // Flush. Returns the file list for the manifest.
 Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store, const Key& key,
-                                           StoreStats* stats);
+                                           StoreStats* stats, const ImageProgress& progress = {});
 // Fetches every chunk of `files`, verifies its hash, and writes the files
 // into `dir` (which must exist), 0600. An error names the file and chunk.
 Status FetchImages(const std::vector<ImageFile>& files, Store& store, const Key& key,
-                   const std::string& dir);
+                   const std::string& dir, const ImageProgress& progress = {});
 // Reads and verifies every chunk of `files` without writing anything.
 Status VerifyImages(const std::vector<ImageFile>& files, Store& store, const Key& key);
 
