@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 // cryo checkpoint [--stop] [--json] NAME
-#include <unistd.h>
 
 #include <iostream>
 #include <memory>
+#include <optional>
 
 #include "checkpoint_format.h"
 #include "client.h"
+#include "progress.h"
 
 namespace cryo::cli {
 namespace {
@@ -21,10 +22,13 @@ int Checkpoint(const Globals& globals, const CheckpointOptions& opts) {
   proto::Request req;
   req.mutable_checkpoint()->set_name(opts.name);
   req.mutable_checkpoint()->set_stop(opts.stop);
-  if (!opts.json && ::isatty(STDERR_FILENO)) {
-    std::cerr << "checkpointing " << opts.name << " (freeze, dump, store, publish)...\n";
+  std::optional<ProgressLine> line;
+  if (ProgressLine::Wanted(opts.json)) {
+    req.mutable_checkpoint()->set_progress(true);
+    line.emplace("checkpoint " + opts.name);
   }
-  auto r = Call(globals, req);
+  auto r = Call(globals, req, line ? line->Callback() : nullptr);
+  line.reset();
   if (!r) return ReportError("checkpoint", r.error());
   const auto& c = r->checkpoint();
   if (opts.json) {
@@ -33,7 +37,7 @@ int Checkpoint(const Globals& globals, const CheckpointOptions& opts) {
   }
   std::cerr << "checkpoint of " << c.job() << ": " << HumanBytes(c.bytes()) << " of images, "
             << HumanBytes(c.stored_bytes()) << " new in the store";
-  for (const auto& [phase, ms] : c.phases_ms()) std::cerr << ", " << phase << " " << ms << " ms";
+  if (!c.phases_ms().empty()) std::cerr << "; " << PhasesText(c.phases_ms());
   std::cerr << (opts.stop ? "; job stopped\n" : "\n");
   std::cout << c.id() << "\n";
   return kExitOk;

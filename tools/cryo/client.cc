@@ -59,10 +59,19 @@ Result<proto::Response> Receive(int fd) {
   return r;
 }
 
-Result<proto::Response> Call(const Globals& globals, proto::Request request) {
+Result<proto::Response> ReceiveAnswer(int fd, const ProgressFn& on_progress) {
+  for (;;) {
+    auto r = Receive(fd);
+    if (!r || !r->has_progress()) return r;
+    if (on_progress) on_progress(r->progress());
+  }
+}
+
+Result<proto::Response> Call(const Globals& globals, proto::Request request,
+                             const ProgressFn& on_progress) {
   auto fd = Send(globals, std::move(request));
   if (!fd) return std::unexpected(fd.error());
-  auto r = Receive(fd->get());
+  auto r = ReceiveAnswer(fd->get(), on_progress);
   if (!r) return r;
   if (r->has_error()) return std::unexpected(ErrorFromProto(r->error()));
   return r;

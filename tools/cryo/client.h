@@ -37,8 +37,15 @@ Result<UniqueFd> Connect(const Globals& globals);
 Result<UniqueFd> Send(const Globals& globals, proto::Request request);
 // Reads the next response; a lost connection is an error.
 Result<proto::Response> Receive(int fd);
+// Shows a `progress` frame of a checkpoint or restore (progress.h).
+using ProgressFn = std::function<void(const proto::Progress&)>;
+// Reads responses up to the first that is not `progress`, handing those to
+// `on_progress` (if set), and returns it.
+Result<proto::Response> ReceiveAnswer(int fd, const ProgressFn& on_progress);
 // One request, one final response; an `error` response becomes an Error.
-Result<proto::Response> Call(const Globals& globals, proto::Request request);
+// `progress` frames before it go to `on_progress`.
+Result<proto::Response> Call(const Globals& globals, proto::Request request,
+                             const ProgressFn& on_progress = nullptr);
 
 // Prints "cryo <command>: <message>" to stderr and returns the exit code for it.
 int ReportError(std::string_view command, const Error& error);
