@@ -29,6 +29,7 @@ void ProgressMeter::BeginPhase(std::string phase, uint64_t total_bytes,
     phase_start_ = std::chrono::steady_clock::now();
     poll_ = std::move(poll);
     ++generation_;
+    if (!begun_) first_ = ProgressReport{phase_, 0, total_, 0};
     begun_ = true;
   }
   wake_.notify_all();
@@ -65,8 +66,9 @@ void ProgressMeter::Run() {
   std::unique_lock lock(mu_);
   wake_.wait(lock, [&] { return begun_ || stopping_; });
   while (!stopping_) {
+    std::optional<ProgressReport> first = std::exchange(first_, std::nullopt);
     lock.unlock();
-    sink_(Snapshot());  // the operation goes on meanwhile
+    sink_(first ? *first : Snapshot());  // the operation goes on meanwhile
     lock.lock();
     wake_.wait_for(lock, interval_, [&] { return stopping_; });
   }

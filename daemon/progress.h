@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -24,8 +25,9 @@ struct ProgressReport {
 };
 
 // Collects the progress of one operation and hands snapshots of it to a
-// sink, from a thread of its own: the first as soon as a phase has begun,
-// then one every `interval` (never more often) while it lives. The
+// sink, from a thread of its own: the first phase as it begins (even if a
+// later one has begun by the time the thread runs), then the current state
+// every `interval` (never more often) while the meter lives. The
 // operation's threads only update counters, so a slow sink does not slow
 // them down.
 //
@@ -60,6 +62,7 @@ class ProgressMeter {
   std::condition_variable wake_;
   bool stopping_ = false;  // guarded by mu_, like everything below
   bool begun_ = false;
+  std::optional<ProgressReport> first_;  // the first phase, until reported
   std::string phase_;
   uint64_t done_ = 0;
   uint64_t total_ = 0;
