@@ -76,7 +76,7 @@ for mib in "${sizes[@]}"; do
     t=$(now)
     json=$(cryo checkpoint --stop --json bench)
     cryo_total+=("$(elapsed "$t")")
-    cryo_frozen+=("$(python3 -c 'import json,sys; print(json.load(sys.stdin)["phases_ms"]["dump"]/1000)' <<<"$json")")
+    cryo_frozen+=("$(python3 -c 'import json,sys; p=json.load(sys.stdin)["phases_ms"]; print((p.get("freeze",0)+p["dump"])/1000)' <<<"$json")")
     t=$(now)
     cryo restore -d bench >/dev/null
     cryo_restore+=("$(elapsed "$t")")
