@@ -308,70 +308,34 @@ void ServeClient(UniqueFd fd, Supervisor& supervisor, CheckpointService& checkpo
   s.SendError(Error(ErrorKind::kInvalidArgument, "empty or unknown request"));
 }
 
-// Whether something answers on `path`.
-bool Answers(const std::string& path) {
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
-  return ::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-}
-
 }  // namespace
 
-ControlServer::ControlServer(std::string path, UniqueFd listener, Supervisor& supervisor,
+ControlServer::ControlServer(std::unique_ptr<UnixListener> listener, Supervisor& supervisor,
                              CheckpointService& checkpoints)
-    : path_(std::move(path)),
-      listener_(std::move(listener)),
-      wake_(::eventfd(0, EFD_CLOEXEC)),
-      supervisor_(supervisor),
-      checkpoints_(checkpoints) {}
+    : listener_(std::move(listener)), supervisor_(supervisor), checkpoints_(checkpoints) {}
 
 ControlServer::~ControlServer() { Stop(); }
 
 Result<std::unique_ptr<ControlServer>> ControlServer::Listen(const std::string& socket_path,
                                                              Supervisor& supervisor,
                                                              CheckpointService& checkpoints) {
-  sockaddr_un addr{};
-  if (socket_path.size() >= sizeof addr.sun_path) {
-    return Fail(ErrorKind::kInvalidArgument, "socket path too long: " + socket_path);
-  }
   std::string dir = std::filesystem::path(socket_path).parent_path().string();
   if (auto s = MakeDirs(dir, 0755); !s) return std::unexpected(s.error());
-  if (Answers(socket_path)) {
+  if (UnixSocketAnswers(socket_path)) {
     return Fail(ErrorKind::kAlreadyExists, "another cryod is already listening on " + socket_path);
   }
-  ::unlink(socket_path.c_str());  // a stale socket of a dead cryod
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) return SysFail("socket");
-  addr.sun_family = AF_UNIX;
-  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", socket_path.c_str());
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
-    return SysFail("bind " + socket_path);
-  if (::chmod(socket_path.c_str(), 0666) != 0) return SysFail("chmod " + socket_path);
-  if (::listen(fd.get(), 64) != 0) return SysFail("listen " + socket_path);
+  auto listener = UnixListener::Create(socket_path, 64);
+  if (!listener) return std::unexpected(listener.error());
   return std::unique_ptr<ControlServer>(
-      new ControlServer(socket_path, std::move(fd), supervisor, checkpoints));
+      new ControlServer(std::move(*listener), supervisor, checkpoints));
 }
 
 void ControlServer::Serve() {
-  while (!stopping_) {
-    pollfd fds[2] = {{listener_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0) continue;
-    if (fds[1].revents) break;
-    int client = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
-    if (client < 0) continue;
-    std::thread([fd = UniqueFd(client), &sup = supervisor_, &cps = checkpoints_]() mutable {
-      ServeClient(std::move(fd), sup, cps);
-    }).detach();
-  }
+  listener_->AcceptLoop([&sup = supervisor_, &cps = checkpoints_](UniqueFd fd) {
+    ServeClient(std::move(fd), sup, cps);
+  });
 }
 
-void ControlServer::Stop() {
-  if (stopping_.exchange(true)) return;
-  uint64_t one = 1;
-  (void)!::write(wake_.get(), &one, sizeof one);
-  ::unlink(path_.c_str());
-}
+void ControlServer::Stop() { listener_->Stop(); }
 
 }  // namespace cryo

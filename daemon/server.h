@@ -12,6 +12,7 @@
 #include "cryo/error.h"
 #include "cryo/unique_fd.h"
 #include "supervisor.h"
+#include "unix_listener.h"
 
 namespace cryo {
 
@@ -30,15 +31,12 @@ class ControlServer {
   void Stop();
 
  private:
-  ControlServer(std::string path, UniqueFd listener, Supervisor& supervisor,
+  ControlServer(std::unique_ptr<UnixListener> listener, Supervisor& supervisor,
                 CheckpointService& checkpoints);
 
-  std::string path_;
-  UniqueFd listener_;
-  UniqueFd wake_;
+  std::unique_ptr<UnixListener> listener_;
   Supervisor& supervisor_;
   CheckpointService& checkpoints_;
-  std::atomic<bool> stopping_{false};
 };
 
 }  // namespace cryo

@@ -136,55 +136,27 @@ struct ShimService::Connection {
   }
 };
 
-ShimService::ShimService(std::string path, UniqueFd listener, Supervisor& supervisor,
+ShimService::ShimService(std::unique_ptr<UnixListener> listener, Supervisor& supervisor,
                          CheckpointService& checkpoints)
-    : path_(std::move(path)),
-      listener_(std::move(listener)),
-      wake_(::eventfd(0, EFD_CLOEXEC)),
-      supervisor_(supervisor),
-      checkpoints_(checkpoints) {}
+    : listener_(std::move(listener)), supervisor_(supervisor), checkpoints_(checkpoints) {}
 
 ShimService::~ShimService() {
-  stopping_ = true;
-  uint64_t one = 1;
-  (void)!::write(wake_.get(), &one, sizeof one);
+  listener_->Stop();
   if (acceptor_.joinable()) acceptor_.join();
-  ::unlink(path_.c_str());
 }
 
 Result<std::unique_ptr<ShimService>> ShimService::Listen(const std::string& socket_path,
                                                          Supervisor& supervisor,
                                                          CheckpointService& checkpoints) {
-  sockaddr_un addr{};
-  if (socket_path.size() >= sizeof addr.sun_path) {
-    return Fail(ErrorKind::kInvalidArgument, "shim socket path too long: " + socket_path);
-  }
-  ::unlink(socket_path.c_str());
-  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!fd.valid()) return SysFail("socket");
-  addr.sun_family = AF_UNIX;
-  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", socket_path.c_str());
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
-    return SysFail("bind " + socket_path);
-  if (::chmod(socket_path.c_str(), 0666) != 0) return SysFail("chmod " + socket_path);
-  if (::listen(fd.get(), 128) != 0) return SysFail("listen " + socket_path);
+  auto listener = UnixListener::Create(socket_path, 128);
+  if (!listener) return std::unexpected(listener.error());
   return std::unique_ptr<ShimService>(
-      new ShimService(socket_path, std::move(fd), supervisor, checkpoints));
+      new ShimService(std::move(*listener), supervisor, checkpoints));
 }
 
 void ShimService::Start() {
-  acceptor_ = std::thread([this] { AcceptLoop(); });
-}
-
-void ShimService::AcceptLoop() {
-  while (!stopping_) {
-    pollfd fds[2] = {{listener_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0) continue;
-    if (fds[1].revents) break;
-    int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    std::thread([this, conn = UniqueFd(fd)]() mutable { Serve(std::move(conn)); }).detach();
-  }
+  acceptor_ =
+      std::thread([this] { listener_->AcceptLoop([this](UniqueFd fd) { Serve(std::move(fd)); }); });
 }
 
 void ShimService::Serve(UniqueFd fd) {

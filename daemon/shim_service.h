@@ -31,6 +31,7 @@
 #include "cryo/shim_protocol.h"
 #include "cryo/unique_fd.h"
 #include "supervisor.h"
+#include "unix_listener.h"
 
 namespace cryo {
 
@@ -56,9 +57,8 @@ class ShimService final : public CheckpointParticipants {
     std::vector<UniqueFd> reporters;  // pidfds of the processes that reported
   };
 
-  ShimService(std::string path, UniqueFd listener, Supervisor& supervisor,
+  ShimService(std::unique_ptr<UnixListener> listener, Supervisor& supervisor,
               CheckpointService& checkpoints);
-  void AcceptLoop();
   void Serve(UniqueFd fd);
   void OnTermReport(const JobRecord& job, const shim::Message& report, UniqueFd conn,
                     UniqueFd pidfd);
@@ -68,12 +68,9 @@ class ShimService final : public CheckpointParticipants {
   std::vector<std::shared_ptr<Connection>> ConnectionsOf(const std::string& job_id);
   void Drop(const std::shared_ptr<Connection>& conn);
 
-  std::string path_;
-  UniqueFd listener_;
-  UniqueFd wake_;
+  std::unique_ptr<UnixListener> listener_;
   Supervisor& supervisor_;
   CheckpointService& checkpoints_;
-  std::atomic<bool> stopping_{false};
   std::thread acceptor_;
 
   std::mutex mu_;
