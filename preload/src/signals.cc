@@ -16,6 +16,7 @@
 // A program that ignores SIGTERM (SIG_IGN) keeps ignoring it, and no
 // checkpoint is taken: it chose not to be stopped by SIGTERM.
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -167,7 +168,10 @@ void UntrackSignalfd(int fd) {
 }
 
 // read() of a signalfd that may return SIGTERM: SIGTERMs cryod takes are
-// removed; if nothing else was read, read again as the program would.
+// removed. If nothing else was read and nothing more is pending, the read
+// fails as one interrupted by a signal (EINTR; EAGAIN on a non-blocking
+// fd): blocking instead would hang a program that polled the fd first and
+// now expects its read to return.
 ssize_t ReadSignalfd(int fd, void* buf, size_t count, ssize_t (*next)(int, void*, size_t, size_t),
                      size_t buflen) {
   for (;;) {
@@ -183,10 +187,10 @@ ssize_t ReadSignalfd(int fd, void* buf, size_t count, ssize_t (*next)(int, void*
       ++kept;
     }
     if (kept > 0) return static_cast<ssize_t>(kept * sizeof(signalfd_siginfo));
-    if (fcntl(fd, F_GETFL) & O_NONBLOCK) {
-      errno = EAGAIN;
-      return -1;
-    }
+    struct pollfd pending = {fd, POLLIN, 0};
+    if (poll(&pending, 1, 0) == 1) continue;
+    errno = (fcntl(fd, F_GETFL) & O_NONBLOCK) ? EAGAIN : EINTR;
+    return -1;
   }
 }
 
