@@ -251,6 +251,10 @@ extern "C" {
 int sigaction(int sig, const struct sigaction* act, struct sigaction* old) noexcept {
   if (!g_real.sigaction) ResolveRealFunctions();
   if (sig != SIGTERM || !Intercepting()) return g_real.sigaction(sig, act, old);
+  if (!act) {  // a query: the double buffer needs no lock
+    if (old) *old = ProgramDisposition();
+    return 0;
+  }
   sigset_t all, saved_mask;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, &saved_mask);
