@@ -237,6 +237,12 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   m.phases["total"] = MillisSince(start);
   published = m.id;
   resume.done = resume.done || stop;  // the job is gone
+  // CRIU has killed the tree, but its monitor reports the end a moment
+  // later: answer once the job shows as checkpointed, so that a client's
+  // next request (ps, restore) sees it ended.
+  if (stop && !supervisor_.WaitForEnd(job->id, std::chrono::seconds(10))) {
+    LogWarn("job not ended 10 s after its --stop checkpoint", {{"job", job->name}});
+  }
   LogInfo("checkpoint stored", {{"job", m.job},
                                 {"id", m.id},
                                 {"bytes", std::to_string(m.image_bytes)},
