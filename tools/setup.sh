@@ -37,8 +37,8 @@ packages=(
   libaio-dev libdrm-dev xz-utils
   # CRIU run time
   nftables iproute2 procps
-  # benchmarks
-  bc
+  # benchmarks (tests/bench/shim_bench.sh counts instructions and system calls)
+  bc valgrind strace
 )
 missing=()
 for p in "${packages[@]}"; do
