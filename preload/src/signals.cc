@@ -239,6 +239,33 @@ __attribute__((constructor)) void Initialize() {
   if (current.sa_handler != SIG_IGN) InstallFor(current);
 }
 
+// sigaction(SIGTERM, ...) while intercepting: the program's disposition is
+// kept in our memory. Out of line, so that sigaction() for every other
+// signal stays a comparison and a jump.
+[[gnu::noinline, gnu::cold]] int SigtermSigaction(const struct sigaction* act,
+                                                  struct sigaction* old) {
+  if (!act) {  // a query: the double buffer needs no lock
+    if (old) *old = ProgramDisposition();
+    return 0;
+  }
+  sigset_t all, saved_mask;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &saved_mask);
+  pthread_mutex_lock(&g_disposition_mu);
+  struct sigaction previous = ProgramDisposition();
+  int r = InstallFor(*act);
+  int error = errno;
+  if (r == 0) SetProgramDisposition(*act);
+  pthread_mutex_unlock(&g_disposition_mu);
+  pthread_sigmask(SIG_SETMASK, &saved_mask, nullptr);
+  if (r != 0) {
+    errno = error;
+    return r;
+  }
+  if (old) *old = previous;
+  return 0;
+}
+
 }  // namespace
 }  // namespace cryo::shim
 
@@ -249,35 +276,11 @@ using namespace cryo::shim;
 extern "C" {
 
 int sigaction(int sig, const struct sigaction* act, struct sigaction* old) noexcept {
-  if (!g_real.sigaction) ResolveRealFunctions();
-  if (sig != SIGTERM || !Intercepting()) return g_real.sigaction(sig, act, old);
-  if (!act) {  // a query: the double buffer needs no lock
-    if (old) *old = ProgramDisposition();
-    return 0;
+  if (__builtin_expect(g_real.sigaction == nullptr, 0)) ResolveRealFunctions();
+  if (__builtin_expect(sig != SIGTERM, 1) || !Intercepting()) {
+    return g_real.sigaction(sig, act, old);
   }
-  sigset_t all, saved_mask;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, &saved_mask);
-  pthread_mutex_lock(&g_disposition_mu);
-  struct sigaction previous = ProgramDisposition();
-  int r = 0;
-  int error = 0;
-  if (act) {
-    r = InstallFor(*act);
-    if (r == 0) {
-      SetProgramDisposition(*act);
-    } else {
-      error = errno;
-    }
-  }
-  pthread_mutex_unlock(&g_disposition_mu);
-  pthread_sigmask(SIG_SETMASK, &saved_mask, nullptr);
-  if (r != 0) {
-    errno = error;
-    return r;
-  }
-  if (old) *old = previous;
-  return 0;
+  return SigtermSigaction(act, old);
 }
 
 // glibc's signal() calls its internal sigaction, so it is interposed too,
