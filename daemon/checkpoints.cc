@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "criu_stats.h"
+#include "cryo/cgroup.h"
 #include "cryo/checkpointer.h"
 #include "cryo/file_util.h"
 #include "cryo/log.h"
@@ -35,26 +36,6 @@ bool IsCheckpointId(std::string_view s) {
            return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
          });
 }
-
-// A scratch directory under <state>/work, removed when this goes away.
-class WorkDir {
- public:
-  static Result<WorkDir> Create(const std::string& state_dir, const std::string& id) {
-    WorkDir w(state_dir + "/work/" + id);
-    if (auto s = MakeDirs(w.images(), 0700); !s) return std::unexpected(s.error());
-    return w;
-  }
-  WorkDir(WorkDir&& o) noexcept : path_(std::exchange(o.path_, "")) {}
-  ~WorkDir() {
-    if (!path_.empty()) (void)RemoveTree(path_);
-  }
-  const std::string& path() const { return path_; }
-  std::string images() const { return path_ + "/images"; }
-
- private:
-  explicit WorkDir(std::string path) : path_(std::move(path)) {}
-  std::string path_;
-};
 
 // The bytes of the regular files in `dir` so far (CRIU writing images).
 uint64_t DirectoryBytes(const std::string& dir) {
@@ -103,12 +84,12 @@ void Describe(Manifest& m) {
 }  // namespace
 
 CheckpointService::CheckpointService(Supervisor& supervisor, std::unique_ptr<Store> store, Key key,
-                                     Options options)
-    : supervisor_(supervisor), store_(std::move(store)), key_(key), options_(std::move(options)) {
-  if (auto s = RemoveTree(options_.state_dir + "/work"); !s) {
-    LogWarn("cannot clean the work directory", {{"error", s.error().ToString()}});
-  }
-}
+                                     std::unique_ptr<ScratchSpace> scratch, Options options)
+    : supervisor_(supervisor),
+      store_(std::move(store)),
+      key_(key),
+      scratch_(std::move(scratch)),
+      options_(std::move(options)) {}
 
 Status CheckpointService::Publish(Manifest& m, const std::string& images_dir,
                                   ProgressMeter* progress) {
@@ -196,7 +177,11 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   std::vector<std::string> external;
   for (uint64_t inode : m.shim_sockets) external.push_back("unix[" + std::to_string(inode) + "]");
 
-  auto work = WorkDir::Create(options_.state_dir, m.id);
+  // The images go to memory when they fit: the job stands frozen for less
+  // time, and storing them reads no disk.
+  uint64_t estimate = 0;
+  if (auto pids = CgroupPids(job->cgroup)) estimate = EstimateImageBytes(*pids);
+  auto work = scratch_->Allocate(m.id, estimate);
   if (!work) return std::unexpected(work.error().WithContext(context));
   auto criu = CreateCriuCheckpointer(options_.criu_path);
   if (!criu) return std::unexpected(criu.error().WithContext(context));
@@ -252,7 +237,8 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
                                 {"store_ms", PhaseMs(m.phases, "store")},
                                 {"publish_ms", PhaseMs(m.phases, "publish")},
                                 {"total_ms", PhaseMs(m.phases, "total")},
-                                {"stop", stop ? "true" : "false"}});
+                                {"stop", stop ? "true" : "false"},
+                                {"scratch", work->in_memory() ? "memory" : "disk"}});
   return m;
 }
 
@@ -312,7 +298,8 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
   auto begin = Clock::now();
   auto start = begin;
   PhaseTimes phases;
-  auto work = WorkDir::Create(options_.state_dir, NewJobId());
+  // In memory if the images fit beside the restored process.
+  auto work = scratch_->Allocate(NewJobId(), m->image_bytes, m->image_bytes);
   if (!work) return std::unexpected(work.error().WithContext(context));
   BeginPhase(progress, "fetch", m->image_bytes);
   if (auto s = FetchImages(m->files, *store_, key_, work->images(),
@@ -368,7 +355,8 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
                            {"checkpoint", m->id},
                            {"fetch_ms", PhaseMs(phases, "fetch")},
                            {"restore_ms", PhaseMs(phases, "restore")},
-                           {"total_ms", PhaseMs(phases, "total")}});
+                           {"total_ms", PhaseMs(phases, "total")},
+                           {"scratch", work->in_memory() ? "memory" : "disk"}});
   return Restored{std::move(*restored), std::move(phases)};
 }
 

@@ -19,6 +19,7 @@
 #include "cryo/store.h"
 #include "cryo/unique_fd.h"
 #include "progress.h"
+#include "scratch.h"
 #include "supervisor.h"
 
 namespace cryo {
@@ -43,12 +44,12 @@ class CheckpointParticipants {
 class CheckpointService {
  public:
   struct Options {
-    std::string state_dir;  // work space goes to <state_dir>/work
     std::string criu_path;
   };
 
-  // Removes scratch space left by a cryod that died mid-operation.
-  CheckpointService(Supervisor& supervisor, std::unique_ptr<Store> store, Key key, Options options);
+  // Images are dumped to and fetched into `scratch`.
+  CheckpointService(Supervisor& supervisor, std::unique_ptr<Store> store, Key key,
+                    std::unique_ptr<ScratchSpace> scratch, Options options);
 
   // Checkpoints the running job `name`. The job keeps running unless `stop`,
   // in which case it is ended only after the checkpoint is durable. On any
@@ -105,6 +106,7 @@ class CheckpointService {
   std::shared_mutex store_mu_;
   std::unique_ptr<Store> store_;
   Key key_;
+  std::unique_ptr<ScratchSpace> scratch_;
   Options options_;
   CheckpointParticipants* participants_ = nullptr;
 };

@@ -34,7 +34,7 @@ namespace {
 
 struct Flags {
   std::string config;
-  std::string state_dir, socket, store, log_level;
+  std::string state_dir, socket, store, memory_scratch, log_level;
   int ready_fd = -1;
 };
 
@@ -50,6 +50,7 @@ Result<DaemonConfig> Configure(const Flags& flags) {
   if (!flags.socket.empty()) config.socket_path = flags.socket;
   if (!flags.store.empty()) config.store_url = flags.store;
   if (!flags.log_level.empty()) config.log_level = flags.log_level;
+  if (!flags.memory_scratch.empty()) config.memory_scratch = flags.memory_scratch;
   if (config.criu_path.empty()) config.criu_path = CRYO_DEFAULT_CRIU;
   for (const auto* p : {&config.state_dir, &config.socket_path}) {
     if (p->empty() || (*p)[0] != '/')
@@ -82,6 +83,8 @@ int RealMain(int argc, char** argv) {
   app.add_option("--state-dir", flags.state_dir, "state directory (default /var/lib/cryo)");
   app.add_option("--socket", flags.socket, "control socket (default /run/cryo/cryod.sock)");
   app.add_option("--store", flags.store, "checkpoint store URL (default file://STATE_DIR/store)");
+  app.add_option("--memory-scratch", flags.memory_scratch,
+                 "tmpfs directory to stage images in when they fit, or 'off' (default /dev/shm)");
   app.add_option("--log-level", flags.log_level, "debug, info, warn or error");
   app.add_option("--ready-fd", flags.ready_fd,
                  "write 'ready' to this fd once serving (for supervisors and tests)");
@@ -139,8 +142,19 @@ int RealMain(int argc, char** argv) {
     LogError("cannot load the job table", {{"error", supervisor.error().ToString()}});
     return 1;
   }
-  CheckpointService checkpoints(**supervisor, std::move(*store), *key,
-                                {.state_dir = config->state_dir, .criu_path = config->criu_path});
+  // Scratch in memory is named after the state directory, so that a
+  // restarted cryod finds (and clears) what its predecessor left.
+  auto scratch = ScratchSpace::Create(
+      {.disk_dir = config->state_dir + "/work",
+       .memory_dir = config->memory_scratch == "off" ? "" : config->memory_scratch,
+       .tag = ScratchTag(config->state_dir)});
+  if (!scratch) {
+    LogError("cannot prepare scratch space", {{"error", scratch.error().ToString()}});
+    return 1;
+  }
+  std::string memory_scratch = (*scratch)->memory_root();
+  CheckpointService checkpoints(**supervisor, std::move(*store), *key, std::move(*scratch),
+                                {.criu_path = config->criu_path});
   auto server = ControlServer::Listen(config->socket_path, **supervisor, checkpoints);
   if (!server) {
     LogError("cannot listen", {{"error", server.error().ToString()}});
@@ -167,7 +181,8 @@ int RealMain(int argc, char** argv) {
   LogInfo("cryod ready", {{"socket", config->socket_path},
                           {"state_dir", config->state_dir},
                           {"store", config->EffectiveStoreUrl()},
-                          {"criu", config->criu_path}});
+                          {"criu", config->criu_path},
+                          {"memory_scratch", memory_scratch.empty() ? "off" : memory_scratch}});
   if (flags.ready_fd >= 0) {
     (void)WriteAll(flags.ready_fd, "ready\n");
     ::close(flags.ready_fd);

@@ -68,8 +68,10 @@ Cgroup& Cgroup::operator=(Cgroup&& other) noexcept {
 
 Cgroup::~Cgroup() { (void)Remove(); }
 
-Result<std::vector<pid_t>> Cgroup::Pids() const {
-  auto text = ReadFileToString(procs_file());
+Result<std::vector<pid_t>> Cgroup::Pids() const { return CgroupPids(path_); }
+
+Result<std::vector<pid_t>> CgroupPids(const std::string& path) {
+  auto text = ReadFileToString(path + "/cgroup.procs");
   if (!text) return std::unexpected(text.error());
   std::vector<pid_t> pids;
   std::string_view s = *text;

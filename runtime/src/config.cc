@@ -25,9 +25,12 @@ struct Key {
 };
 
 constexpr Key kKeys[] = {
-    {"state_dir", &DaemonConfig::state_dir, true},  {"socket", &DaemonConfig::socket_path, true},
-    {"store", &DaemonConfig::store_url, false},     {"criu", &DaemonConfig::criu_path, true},
+    {"state_dir", &DaemonConfig::state_dir, true},
+    {"socket", &DaemonConfig::socket_path, true},
+    {"store", &DaemonConfig::store_url, false},
+    {"criu", &DaemonConfig::criu_path, true},
     {"log_level", &DaemonConfig::log_level, false},
+    {"memory_scratch", &DaemonConfig::memory_scratch, false},
 };
 
 }  // namespace
@@ -65,6 +68,12 @@ Result<DaemonConfig> ParseDaemonConfig(std::string_view text, DaemonConfig base)
                   where + ": " + std::string(key) + " must be an absolute path");
     }
     base.*(known->field) = std::string(value);
+  }
+  if (base.memory_scratch != "off" &&
+      (base.memory_scratch.empty() || base.memory_scratch.front() != '/')) {
+    return Fail(
+        ErrorKind::kInvalidArgument,
+        "memory_scratch must be an absolute path or 'off' (not '" + base.memory_scratch + "')");
   }
   if (base.log_level != "debug" && base.log_level != "info" && base.log_level != "warn" &&
       base.log_level != "error") {

@@ -469,12 +469,67 @@ TEST(Checkpoint, DaemonKilledDuringCheckpointsLosesNothingAndLeavesNothingFrozen
     EXPECT_FALSE(std::filesystem::exists(d.state_dir() + "/work") &&
                  !std::filesystem::is_empty(d.state_dir() + "/work"))
         << "scratch space left behind";
+    std::string memory = d.MemoryScratch();
+    ASSERT_FALSE(memory.empty()) << d.DaemonLog();
+    EXPECT_TRUE(std::filesystem::is_empty(memory)) << "scratch space left behind in " << memory;
   }
   RestoreDetached(d, "k@latest", "k-copy");
   auto copy = d.Job("k-copy");
   EXPECT_EQ(copy["state"], "running");
   pid_t pid = copy["pid"];
   EXPECT_EQ(ReadFileContents("/proc/" + std::to_string(pid) + "/comm"), "memory_hog\n");
+}
+
+// The scratch directory an operation logged ("" if none).
+std::string LoggedScratch(const Cryod& d, const std::string& message) {
+  std::string log = d.DaemonLog();
+  std::smatch m;
+  std::string last;
+  std::regex re("msg=\"" + message + "\".* scratch=([a-z]+)");
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), re); it != std::sregex_iterator();
+       ++it) {
+    last = (*it)[1];
+  }
+  return last;
+}
+
+// By default images are staged in a private directory in memory, and
+// nothing of them stays there.
+TEST(Checkpoint, ImagesAreStagedInPrivateMemoryAndRemovedAfterwards) {
+  Cryod d;
+  std::string memory = d.MemoryScratch();
+  ASSERT_TRUE(memory.starts_with("/dev/shm/cryo-")) << d.DaemonLog();
+  struct stat st {};
+  ASSERT_EQ(::lstat(memory.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+  EXPECT_EQ(st.st_uid, 0u);
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "c", "--", TestProgram("counter")}).exit_code, 0);
+  ASSERT_TRUE(WaitForMore(d, "c", "count", 10));
+  ASSERT_FALSE(CheckpointJson(d, "c", /*stop=*/true).is_null());
+  EXPECT_EQ(LoggedScratch(d, "checkpoint stored"), "memory");
+  EXPECT_TRUE(std::filesystem::is_empty(memory));
+  long last = Numbers(Logs(d, "c"), "count").back();
+  RestoreDetached(d, "c");
+  EXPECT_EQ(LoggedScratch(d, "job restored"), "memory");
+  EXPECT_TRUE(std::filesystem::is_empty(memory));
+  ExpectContinued(d, "c", "count", last);
+}
+
+// With memory scratch off (or images too large for memory) they go through
+// the state directory on disk, with the same result.
+TEST(Checkpoint, WithMemoryScratchOffImagesGoThroughTheDisk) {
+  Cryod d({"--memory-scratch", "off"});
+  EXPECT_EQ(d.MemoryScratch(), "");
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "c", "--", TestProgram("counter")}).exit_code, 0);
+  ASSERT_TRUE(WaitForMore(d, "c", "count", 10));
+  ASSERT_FALSE(CheckpointJson(d, "c", /*stop=*/true).is_null());
+  EXPECT_EQ(LoggedScratch(d, "checkpoint stored"), "disk");
+  long last = Numbers(Logs(d, "c"), "count").back();
+  RestoreDetached(d, "c");
+  EXPECT_EQ(LoggedScratch(d, "job restored"), "disk");
+  ExpectContinued(d, "c", "count", last);
+  EXPECT_TRUE(std::filesystem::is_empty(d.state_dir() + "/work"));
 }
 
 TEST(Checkpoint, GarbageCollectionReclaimsOnlyUnreferencedChunks) {

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -157,7 +158,7 @@ bool WaitUntil(const std::function<bool()>& probe, std::chrono::milliseconds tim
   return true;
 }
 
-Cryod::Cryod() {
+Cryod::Cryod(std::vector<std::string> extra_args) : extra_args_(std::move(extra_args)) {
   // Monitors of a killed cryod become ours: reap them, no zombies.
   prctl(PR_SET_CHILD_SUBREAPER, 1);
   char tmpl[] = "/tmp/cryo-e2e.XXXXXX";
@@ -184,8 +185,14 @@ void Cryod::Start() {
     close(ready[0]);
     std::string fd = std::to_string(ready[1]);
     std::string bin = CryodBinary();
-    execl(bin.c_str(), "cryod", "--state-dir", state_dir_.c_str(), "--socket", socket_.c_str(),
-          "--ready-fd", fd.c_str(), "--log-level", "debug", nullptr);
+    std::vector<std::string> args{"cryod",    "--state-dir", state_dir_,
+                                  "--socket", socket_,       "--ready-fd",
+                                  fd,         "--log-level", "debug"};
+    args.insert(args.end(), extra_args_.begin(), extra_args_.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(bin.c_str(), argv.data());
     _exit(127);
   }
   close(ready[1]);
@@ -203,6 +210,18 @@ void Cryod::Kill9() {
 }
 
 std::string Cryod::Scratch() const { return dir_; }
+
+std::string Cryod::MemoryScratch() const {
+  std::string log = DaemonLog();
+  std::smatch m;
+  std::string last;
+  std::regex re("memory_scratch=([^ \n]+)");
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), re); it != std::sregex_iterator();
+       ++it) {
+    last = (*it)[1];
+  }
+  return last == "off" ? "" : last;
+}
 
 std::string Cryod::DaemonLog() const { return Slurp(dir_ + "/cryod.log"); }
 
@@ -234,7 +253,11 @@ Cryod::~Cryod() {
   }
   while (waitpid(-1, nullptr, WNOHANG) > 0) {
   }
-  std::filesystem::remove_all(dir_);
+  std::error_code ec;
+  if (std::string memory = MemoryScratch(); memory.starts_with("/dev/shm/cryo-")) {
+    std::filesystem::remove_all(memory, ec);
+  }
+  std::filesystem::remove_all(dir_, ec);
 }
 
 std::vector<std::string> Cryod::CryoArgv(const std::vector<std::string>& args) const {

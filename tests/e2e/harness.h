@@ -63,7 +63,8 @@ bool WaitUntil(const std::function<bool()>& probe,
 // A real cryod, started by the constructor.
 class Cryod {
  public:
-  Cryod();
+  // Starts cryod with its own state directory and socket, plus `extra_args`.
+  explicit Cryod(std::vector<std::string> extra_args = {});
   ~Cryod();  // kills the jobs it started (by their cgroups), then cryod
 
   void Start();
@@ -72,6 +73,8 @@ class Cryod {
   const std::string& socket() const { return socket_; }
   const std::string& state_dir() const { return state_dir_; }
   std::string DaemonLog() const;
+  // Where cryod stages images in memory, from its log ("" if off).
+  std::string MemoryScratch() const;
   // A directory (0755) that lives as long as this object.
   std::string Scratch() const;
 
@@ -90,6 +93,7 @@ class Cryod {
   std::string dir_;
   std::string state_dir_;
   std::string socket_;
+  std::vector<std::string> extra_args_;
   pid_t pid_ = -1;
 };
 

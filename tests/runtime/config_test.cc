@@ -75,6 +75,19 @@ TEST(ConfigTest, BadLogLevelIsRefused) {
   EXPECT_NE(e.message().find("verbose"), std::string::npos) << e.message();
 }
 
+TEST(ConfigTest, MemoryScratchIsATmpfsDirectoryOrOff) {
+  EXPECT_EQ(DaemonConfig().memory_scratch, "/dev/shm");
+  auto off = ParseDaemonConfig("memory_scratch = off\n", DaemonConfig());
+  ASSERT_TRUE(off.has_value()) << off.error().ToString();
+  EXPECT_EQ(off->memory_scratch, "off");
+  auto dir = ParseDaemonConfig("memory_scratch = /run/cryo-shm\n", DaemonConfig());
+  ASSERT_TRUE(dir.has_value()) << dir.error().ToString();
+  EXPECT_EQ(dir->memory_scratch, "/run/cryo-shm");
+  Error e = ParseError("memory_scratch = shm\n");
+  EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+  EXPECT_NE(e.message().find("memory_scratch"), std::string::npos) << e.message();
+}
+
 TEST(ConfigTest, StoreDefaultsToStateDir) {
   DaemonConfig config;
   config.state_dir = "/srv/cryo";

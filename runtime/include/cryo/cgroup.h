@@ -14,6 +14,9 @@
 
 namespace cryo {
 
+// Every process in the cgroup directory `path`.
+Result<std::vector<pid_t>> CgroupPids(const std::string& path);
+
 class Cgroup {
  public:
   enum class Version { kV1Freezer, kV2 };

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // cryod's configuration: a file of `key = value` lines (# starts a comment),
-// then command-line flags on top. Keys: state_dir, socket, store, criu, log_level.
+// then command-line flags on top. Keys: state_dir, socket, store, criu,
+// memory_scratch, log_level.
 #pragma once
 
 #include <string>
@@ -18,6 +19,9 @@ struct DaemonConfig {
   std::string store_url;  // empty: file://<state_dir>/store
   std::string criu_path;  // empty: the CRIU that tools/setup.sh installed
   std::string log_level = "info";
+  // A tmpfs directory where images are staged when they fit in memory
+  // (daemon/scratch.h), or "off" to stage them on disk only.
+  std::string memory_scratch = "/dev/shm";
 
   std::string EffectiveStoreUrl() const;
 };
