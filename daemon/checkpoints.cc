@@ -96,8 +96,8 @@ Status CheckpointService::Publish(Manifest& m, const std::string& images_dir,
   auto start = Clock::now();
   StoreStats stats;
   BeginPhase(progress, "store", DirectoryBytes(images_dir));
-  auto files =
-      StoreImages(images_dir, *store_, key_, &stats, progress ? progress->Counter() : nullptr);
+  auto files = StoreImages(images_dir, *store_, key_, &stats,
+                           progress ? progress->Counter() : nullptr, m.chunk_hash);
   if (!files) return std::unexpected(files.error().WithContext("store images in " + store_->url()));
   m.files = std::move(*files);
   m.image_bytes = stats.bytes;
@@ -302,7 +302,7 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
   auto work = scratch_->Allocate(NewJobId(), m->image_bytes, m->image_bytes);
   if (!work) return std::unexpected(work.error().WithContext(context));
   BeginPhase(progress, "fetch", m->image_bytes);
-  if (auto s = FetchImages(m->files, *store_, key_, work->images(),
+  if (auto s = FetchImages(m->files, m->chunk_hash, *store_, key_, work->images(),
                            progress ? progress->Counter() : nullptr);
       !s) {
     return std::unexpected(
@@ -392,7 +392,7 @@ Result<Manifest> CheckpointService::Verify(const Caller& caller, std::string_vie
   std::shared_lock store_lock(store_mu_);
   auto m = Resolve(caller, ref);
   if (!m) return std::unexpected(m.error());
-  if (auto s = VerifyImages(m->files, *store_, key_); !s) {
+  if (auto s = VerifyImages(m->files, m->chunk_hash, *store_, key_); !s) {
     return std::unexpected(s.error().WithContext("checkpoint " + m->id));
   }
   return m;

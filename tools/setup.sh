@@ -30,7 +30,7 @@ packages=(
   # toolchain and project libraries
   build-essential cmake pkg-config git clang-format
   libgtest-dev libgmock-dev libprotobuf-dev protobuf-compiler
-  libcli11-dev nlohmann-json3-dev libsodium-dev libzstd-dev
+  libcli11-dev nlohmann-json3-dev libsodium-dev libzstd-dev libssl-dev
   # CRIU build dependencies
   libprotobuf-c-dev protobuf-c-compiler python3-protobuf libnl-3-dev libcap-dev
   libnet1-dev libbsd-dev libgnutls28-dev libnftables-dev uuid-dev

@@ -6,6 +6,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <sodium.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -153,7 +155,9 @@ SubKey DeriveSubKey(const Key& key, const char (&context)[crypto_kdf_CONTEXTBYTE
   crypto_kdf_derive_from_key(sub.data(), sub.size(), 1, context, key.bytes().data());
   return sub;
 }
-SubKey ChunkSubKey(const Key& key) { return DeriveSubKey(key, "cryochnk"); }
+SubKey ChunkSubKey(const Key& key, ChunkHash hash) {
+  return DeriveSubKey(key, hash == ChunkHash::kBlake2b ? "cryochnk" : "cryohmac");
+}
 SubKey ManifestSubKey(const Key& key) { return DeriveSubKey(key, "cryomanf"); }
 
 std::array<unsigned char, kHashBytes> KeyedHash(const SubKey& sub, std::string_view data) {
@@ -169,30 +173,44 @@ std::string ToHex(const std::array<unsigned char, kHashBytes>& bin) {
   return std::string(hex, kHashHexChars);
 }
 
-std::string ChunkHash(const SubKey& sub, std::string_view data) {
-  return ToHex(KeyedHash(sub, data));
+std::array<unsigned char, kHashBytes> HmacSha256(const SubKey& sub, std::string_view data) {
+  std::array<unsigned char, kHashBytes> out;
+  unsigned int len = 0;
+  if (HMAC(EVP_sha256(), sub.data(), static_cast<int>(sub.size()),
+           reinterpret_cast<const unsigned char*>(data.data()), data.size(), out.data(),
+           &len) == nullptr ||
+      len != kHashBytes) {
+    std::fputs("cryo: OpenSSL's HMAC-SHA-256 failed\n", stderr);
+    std::abort();
+  }
+  return out;
 }
 
 // Names chunks. Thread-safe. Zero chunks, common in memory images, are
 // hashed once per size.
 class ChunkHasher {
  public:
-  explicit ChunkHasher(const Key& key) : key_(ChunkSubKey(key)) {}
+  ChunkHasher(const Key& key, ChunkHash hash) : hash_(hash), key_(ChunkSubKey(key, hash)) {}
 
   std::string Hash(std::string_view data) {
     if (!IsAllZero(reinterpret_cast<const unsigned char*>(data.data()), data.size()))
-      return ChunkHash(key_, data);
+      return Compute(data);
     {
       std::lock_guard lock(mu_);
       if (auto it = zero_hashes_.find(data.size()); it != zero_hashes_.end()) return it->second;
     }
-    std::string hash = ChunkHash(key_, data);
+    std::string hash = Compute(data);
     std::lock_guard lock(mu_);
     zero_hashes_.emplace(data.size(), hash);
     return hash;
   }
 
  private:
+  std::string Compute(std::string_view data) const {
+    return ToHex(hash_ == ChunkHash::kBlake2b ? KeyedHash(key_, data) : HmacSha256(key_, data));
+  }
+
+  const ChunkHash hash_;
   const SubKey key_;
   std::mutex mu_;
   std::unordered_map<size_t, std::string> zero_hashes_;
@@ -421,9 +439,9 @@ class ChunkQueue {
 
 class ImageUploader {
  public:
-  ImageUploader(Store& store, const Key& key, std::vector<ImageFile>& files,
+  ImageUploader(Store& store, const Key& key, ChunkHash hash, std::vector<ImageFile>& files,
                 const ImageProgress& progress)
-      : store_(store), hasher_(key), files_(files), progress_(progress) {}
+      : store_(store), hasher_(key, hash), files_(files), progress_(progress) {}
 
   // Cuts `data` (file number `file`) into chunks and queues them.
   void Cut(size_t file, std::string_view data) {
@@ -551,8 +569,9 @@ struct FetchTask {
 // Fetches and verifies every chunk of `files` in parallel; writes each into
 // fds[file] at its offset when `fds` is given, except chunks of zeros (the
 // files must have their final size already, so those read back as zeros).
-Status FetchChunks(const std::vector<ImageFile>& files, Store& store, const Key& key,
-                   const std::vector<UniqueFd>* fds, const ImageProgress& progress) {
+Status FetchChunks(const std::vector<ImageFile>& files, ChunkHash hash, Store& store,
+                   const Key& key, const std::vector<UniqueFd>* fds,
+                   const ImageProgress& progress) {
   std::vector<FetchTask> tasks;
   for (size_t f = 0; f < files.size(); ++f) {
     uint64_t offset = 0;
@@ -561,7 +580,7 @@ Status FetchChunks(const std::vector<ImageFile>& files, Store& store, const Key&
       offset += files[f].chunks[i].size;
     }
   }
-  ChunkHasher hasher(key);
+  ChunkHasher hasher(key, hash);
   std::atomic<size_t> next{0};
   FirstError errors;
   auto fetch_one = [&](const FetchTask& task, ZSTD_DCtx* dctx, std::string& buf) -> Status {
@@ -708,6 +727,17 @@ std::vector<size_t> ChunkBoundaries(std::string_view data) {
   return ends;
 }
 
+std::string_view ChunkHashName(ChunkHash hash) {
+  return hash == ChunkHash::kBlake2b ? "blake2b-256" : "hmac-sha256";
+}
+
+std::optional<ChunkHash> ParseChunkHash(std::string_view name) {
+  for (ChunkHash hash : {ChunkHash::kBlake2b, ChunkHash::kHmacSha256}) {
+    if (ChunkHashName(hash) == name) return hash;
+  }
+  return std::nullopt;
+}
+
 std::string ChunkKey(std::string_view hash) {
   return "chunks/" + std::string(hash.substr(0, 2)) + "/" + std::string(hash);
 }
@@ -715,14 +745,15 @@ std::string ManifestKey(std::string_view id) { return "manifests/" + std::string
 std::string LatestRefKey(std::string_view job) { return "refs/" + std::string(job) + "/latest"; }
 
 Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store, const Key& key,
-                                           StoreStats* stats, const ImageProgress& progress) {
+                                           StoreStats* stats, const ImageProgress& progress,
+                                           ChunkHash hash) {
   auto names = ListRegularFiles(dir);
   if (!names) return std::unexpected(names.error());
   std::vector<ImageFile> files(names->size());
   for (size_t f = 0; f < files.size(); ++f) files[f].name = (*names)[f];
 
   std::vector<MappedFile> mapped;  // declared first: outlives the workers that read it
-  ImageUploader uploader(store, key, files, progress);
+  ImageUploader uploader(store, key, hash, files, progress);
   uploader.Start();
   for (size_t f = 0; f < files.size() && !uploader.failed(); ++f) {
     auto file = MappedFile::Open(dir + "/" + files[f].name);
@@ -738,8 +769,8 @@ Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store,
   return files;
 }
 
-Status FetchImages(const std::vector<ImageFile>& files, Store& store, const Key& key,
-                   const std::string& dir, const ImageProgress& progress) {
+Status FetchImages(const std::vector<ImageFile>& files, ChunkHash hash, Store& store,
+                   const Key& key, const std::string& dir, const ImageProgress& progress) {
   if (auto s = ValidateImageFiles(files); !s) return s;
   std::vector<UniqueFd> fds;
   std::vector<std::string> created;
@@ -753,7 +784,7 @@ Status FetchImages(const std::vector<ImageFile>& files, Store& store, const Key&
         return SysFail("restore image " + file.name + ": resize " + path);
       fds.push_back(std::move(*fd));
     }
-    if (auto s = FetchChunks(files, store, key, &fds, progress); !s) return s;
+    if (auto s = FetchChunks(files, hash, store, key, &fds, progress); !s) return s;
     for (size_t f = 0; f < files.size(); ++f) {
       struct stat st {};
       if (::fstat(fds[f].get(), &st) != 0) return SysFail("stat " + created[f]);
@@ -771,16 +802,18 @@ Status FetchImages(const std::vector<ImageFile>& files, Store& store, const Key&
   return status;
 }
 
-Status VerifyImages(const std::vector<ImageFile>& files, Store& store, const Key& key) {
+Status VerifyImages(const std::vector<ImageFile>& files, ChunkHash hash, Store& store,
+                    const Key& key) {
   if (auto s = ValidateImageFiles(files); !s) return s;
-  return FetchChunks(files, store, key, nullptr, {});
+  return FetchChunks(files, hash, store, key, nullptr, {});
 }
 
 std::string EncodeManifest(const Manifest& m, const Key& key) {
   json files = json::array();
   for (const auto& file : m.files) files.push_back(FileToJson(file));
   json j = {
-      {"format_version", m.format_version},
+      {"format_version", Manifest::kFormatVersion},
+      {"chunk_hash", ChunkHashName(m.chunk_hash)},
       {"id", m.id},
       {"job", m.job},
       {"parent", m.parent},
@@ -818,9 +851,10 @@ Result<Manifest> DecodeManifest(std::string_view data, const Key& key) {
   header.remove_prefix(kManifestMagic.size() + 1);
   size_t space = header.find(' ');
   std::string_view version = header.substr(0, space);
-  if (version != std::to_string(Manifest::kFormatVersion))
+  if (version != "1" && version != std::to_string(Manifest::kFormatVersion))
     return Fail(ErrorKind::kCorrupt, "manifest format version \"" + std::string(version) +
-                                         "\" is not supported by this cryo (it reads version " +
+                                         "\" is not supported by this cryo (it reads versions "
+                                         "1 to " +
                                          std::to_string(Manifest::kFormatVersion) + ")");
   std::string_view mac_hex = space == std::string_view::npos ? "" : header.substr(space + 1);
   std::array<unsigned char, kHashBytes> mac{};
@@ -843,10 +877,19 @@ Result<Manifest> DecodeManifest(std::string_view data, const Key& key) {
   Manifest m;
   try {
     m.format_version = j.at("format_version").get<int>();
-    if (m.format_version != Manifest::kFormatVersion)
+    if (std::to_string(m.format_version) != version)
       return Fail(ErrorKind::kCorrupt, "manifest format version " +
                                            std::to_string(m.format_version) +
-                                           " is not supported by this cryo");
+                                           " does not match its header");
+    if (m.format_version == 1) {
+      m.chunk_hash = ChunkHash::kBlake2b;
+    } else {
+      auto hash = ParseChunkHash(j.at("chunk_hash").get<std::string>());
+      if (!hash)
+        return Fail(ErrorKind::kCorrupt,
+                    "manifest: unknown chunk hash " + j.at("chunk_hash").dump());
+      m.chunk_hash = *hash;
+    }
     m.id = j.at("id").get<std::string>();
     m.job = j.at("job").get<std::string>();
     m.parent = j.at("parent").get<std::string>();

@@ -16,6 +16,9 @@
 #include <string>
 #include <vector>
 
+#include <openssl/hmac.h>
+#include <sodium.h>
+
 #include "cryo/file_util.h"
 #include "fakes/memory_store.h"
 #include "temp_dir.h"
@@ -197,7 +200,7 @@ class ImagesTest : public ::testing::Test {
   // Fetch and verify both fail with kCorrupt, naming the image and `words`,
   // and fetch leaves nothing behind.
   void ExpectDamageDetected(const std::vector<ImageFile>& files, const std::string& words) {
-    auto verified = VerifyImages(files, store_, key_);
+    auto verified = VerifyImages(files, kCurrentChunkHash, store_, key_);
     ASSERT_FALSE(verified.has_value());
     EXPECT_EQ(verified.error().kind(), ErrorKind::kCorrupt);
     EXPECT_NE(verified.error().message().find("image pages-1.img: chunk "), std::string::npos)
@@ -206,7 +209,7 @@ class ImagesTest : public ::testing::Test {
         << verified.error().message();
 
     TempDir out;
-    auto fetched = FetchImages(files, store_, key_, out.path());
+    auto fetched = FetchImages(files, kCurrentChunkHash, store_, key_, out.path());
     ASSERT_FALSE(fetched.has_value());
     EXPECT_EQ(fetched.error().message(), verified.error().message());
     EXPECT_TRUE(ListDir(out.path()).empty()) << "partial images left behind";
@@ -245,9 +248,9 @@ TEST_F(ImagesTest, StoreThenFetchRoundTripsEveryRegularFile) {
   EXPECT_LT(stats.new_bytes, stats.bytes - 2 * kMiB);
   EXPECT_GT(stats.new_bytes, 3 * kMiB);
 
-  ASSERT_TRUE(VerifyImages(files, store_, key_).has_value());
+  ASSERT_TRUE(VerifyImages(files, kCurrentChunkHash, store_, key_).has_value());
   TempDir out;
-  auto fetched = FetchImages(files, store_, key_, out.path());
+  auto fetched = FetchImages(files, kCurrentChunkHash, store_, key_, out.path());
   ASSERT_TRUE(fetched.has_value()) << fetched.error().ToString();
   std::vector<std::string> names;
   for (const auto& [name, data] : files_) {
@@ -309,7 +312,8 @@ TEST_F(ImagesTest, ProgressCountsEveryByteStoredAndFetched) {
   EXPECT_EQ(stored.load(), stats.bytes);
   std::atomic<uint64_t> fetched{0};
   TempDir out;
-  auto s = FetchImages(*files, store_, key_, out.path(), [&](uint64_t n) { fetched += n; });
+  auto s = FetchImages(*files, kCurrentChunkHash, store_, key_, out.path(),
+                       [&](uint64_t n) { fetched += n; });
   ASSERT_TRUE(s.has_value()) << s.error().ToString();
   EXPECT_EQ(fetched.load(), stats.bytes);
 }
@@ -378,7 +382,7 @@ TEST_F(ImagesTest, FetchRefusesFileNamesThatAreNotPlainNames) {
     std::vector<ImageFile> tampered = files;
     tampered.back().name = bad;
     TempDir out;
-    auto fetched = FetchImages(tampered, store_, key_, out.path());
+    auto fetched = FetchImages(tampered, kCurrentChunkHash, store_, key_, out.path());
     ASSERT_FALSE(fetched.has_value()) << bad;
     EXPECT_EQ(fetched.error().kind(), ErrorKind::kCorrupt) << bad;
     EXPECT_TRUE(ListDir(out.path()).empty()) << "nothing is created before the names are checked";
@@ -389,21 +393,92 @@ TEST_F(ImagesTest, FetchRefusesSizesThatDisagreeWithTheChunks) {
   std::vector<ImageFile> files = StoreOrDie();
   files[3].size += 1;
   TempDir out;
-  auto fetched = FetchImages(files, store_, key_, out.path());
+  auto fetched = FetchImages(files, kCurrentChunkHash, store_, key_, out.path());
   ASSERT_FALSE(fetched.has_value());
   EXPECT_EQ(fetched.error().kind(), ErrorKind::kCorrupt);
   EXPECT_NE(fetched.error().message().find("pages-1.img"), std::string::npos);
-  EXPECT_FALSE(VerifyImages(files, store_, key_).has_value());
+  EXPECT_FALSE(VerifyImages(files, kCurrentChunkHash, store_, key_).has_value());
 }
 
 TEST_F(ImagesTest, FetchRefusesToOverwriteAFile) {
   std::vector<ImageFile> files = StoreOrDie();
   TempDir out;
   WriteOrDie(out.Join("pages-1.img"), "mine");
-  auto fetched = FetchImages(files, store_, key_, out.path());
+  auto fetched = FetchImages(files, kCurrentChunkHash, store_, key_, out.path());
   ASSERT_FALSE(fetched.has_value());
   EXPECT_EQ(ReadOrDie(out.Join("pages-1.img")), "mine");
   EXPECT_EQ(ListDir(out.path()), std::vector<std::string>{"pages-1.img"});
+}
+
+// ---------------------------------------------------------------------------
+// Chunk names, computed here from runtime/FORMAT.md's description alone
+
+std::string Hex(const unsigned char* p, size_t n) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < n; ++i) {
+    out += kDigits[p[i] >> 4];
+    out += kDigits[p[i] & 15];
+  }
+  return out;
+}
+
+// The 32-byte subkey libsodium's KDF derives with id 1 and `context`.
+std::array<unsigned char, 32> SubKey(const Key& key, const char* context) {
+  std::array<unsigned char, 32> sub;
+  EXPECT_EQ(crypto_kdf_derive_from_key(sub.data(), sub.size(), 1, context, key.bytes().data()), 0);
+  return sub;
+}
+
+std::string DocumentedHmacName(const Key& key, std::string_view data) {
+  auto sub = SubKey(key, "cryohmac");
+  unsigned char out[32];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), sub.data(), 32, reinterpret_cast<const unsigned char*>(data.data()),
+       data.size(), out, &len);
+  return Hex(out, len);
+}
+
+std::string DocumentedBlake2bName(const Key& key, std::string_view data) {
+  auto sub = SubKey(key, "cryochnk");
+  unsigned char out[32];
+  crypto_generichash(out, 32, reinterpret_cast<const unsigned char*>(data.data()), data.size(),
+                     sub.data(), sub.size());
+  return Hex(out, 32);
+}
+
+TEST_F(ImagesTest, ChunksAreNamedAsDocumentedForEitherHash) {
+  for (ChunkHash hash : {ChunkHash::kHmacSha256, ChunkHash::kBlake2b}) {
+    SCOPED_TRACE(std::string(ChunkHashName(hash)));
+    MemoryStore store;
+    auto files = StoreImages(images_.path(), store, key_, nullptr, {}, hash);
+    ASSERT_TRUE(files.has_value()) << files.error().ToString();
+    for (const auto& file : *files) {
+      if (file.name != "core-1.img") continue;
+      ASSERT_EQ(file.chunks.size(), 1u);
+      std::string data = files_["core-1.img"];
+      EXPECT_EQ(file.chunks[0].hash, hash == ChunkHash::kBlake2b ? DocumentedBlake2bName(key_, data)
+                                                                 : DocumentedHmacName(key_, data));
+    }
+    // The images come back only when read with the hash they were named by.
+    TempDir out;
+    ASSERT_TRUE(FetchImages(*files, hash, store, key_, out.path()).has_value());
+    EXPECT_EQ(ReadOrDie(out.path() + "/pages-1.img"), files_["pages-1.img"]);
+    ChunkHash other = hash == ChunkHash::kBlake2b ? ChunkHash::kHmacSha256 : ChunkHash::kBlake2b;
+    auto wrong = VerifyImages(*files, other, store, key_);
+    ASSERT_FALSE(wrong.has_value());
+    EXPECT_NE(wrong.error().message().find("hash mismatch"), std::string::npos)
+        << wrong.error().message();
+  }
+}
+
+TEST(ChunkHashTest, NamesRoundTrip) {
+  for (ChunkHash hash : {ChunkHash::kHmacSha256, ChunkHash::kBlake2b}) {
+    EXPECT_EQ(ParseChunkHash(ChunkHashName(hash)), hash);
+  }
+  EXPECT_EQ(ChunkHashName(ChunkHash::kHmacSha256), "hmac-sha256");
+  EXPECT_EQ(ChunkHashName(ChunkHash::kBlake2b), "blake2b-256");
+  EXPECT_FALSE(ParseChunkHash("md5").has_value());
 }
 
 // ---------------------------------------------------------------------------
@@ -441,11 +516,13 @@ Manifest FullManifest() {
 TEST(ManifestTest, RoundTripsEveryField) {
   Manifest m = FullManifest();
   std::string encoded = EncodeManifest(m, TestKey());
-  EXPECT_TRUE(encoded.starts_with("cryo-manifest 1 ")) << encoded.substr(0, 100);
+  EXPECT_TRUE(encoded.starts_with("cryo-manifest 2 ")) << encoded.substr(0, 100);
+  EXPECT_NE(encoded.find("\"chunk_hash\":\"hmac-sha256\""), std::string::npos) << encoded;
   auto decoded = DecodeManifest(encoded, TestKey());
   ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
   const Manifest& d = *decoded;
   EXPECT_EQ(d.format_version, Manifest::kFormatVersion);
+  EXPECT_EQ(d.chunk_hash, ChunkHash::kHmacSha256);
   EXPECT_EQ(d.id, m.id);
   EXPECT_EQ(d.job, m.job);
   EXPECT_EQ(d.parent, m.parent);
@@ -528,9 +605,66 @@ TEST(ManifestTest, ManifestOfAnotherKeyIsRefused) {
   EXPECT_NE(decoded.error().message().find("written with another key"), std::string::npos);
 }
 
+// A manifest as cryo wrote them before format version 2: no chunk_hash, its
+// chunks named with keyed BLAKE2b. The MAC is computed here as FORMAT.md
+// describes it (keyed BLAKE2b-256 of the body, subkey "cryomanf").
+std::string VersionOneManifest(const Key& key, const std::string& chunk_hash) {
+  std::string body =
+      R"({"argv":["/bin/counter"],"created_unix_ms":1700000000000,"criu_options":{},)"
+      R"("criu_version":"4.2","cwd":"/","env":[],"files":[{"chunks":[[")" +
+      chunk_hash +
+      R"(",5]],"name":"core-1.img","size":5}],"format_version":1,"gid":0,"groups":[],)"
+      R"("host":"h","id":"0123456789abcdef","image_bytes":5,"job":"old","kernel":"6.1",)"
+      R"("parent":"","phases":{},"stderr_key":"pipe:[2]","stdout_key":"pipe:[1]",)"
+      R"("stored_bytes":5,"uid":0})"
+      "\n";
+  auto sub = SubKey(key, "cryomanf");
+  unsigned char mac[32];
+  crypto_generichash(mac, 32, reinterpret_cast<const unsigned char*>(body.data()), body.size(),
+                     sub.data(), sub.size());
+  return "cryo-manifest 1 " + Hex(mac, 32) + "\n" + body;
+}
+
+TEST(ManifestTest, VersionOneManifestsStillReadAndUseBlake2b) {
+  std::string name = DocumentedBlake2bName(TestKey(), "hello");
+  auto decoded = DecodeManifest(VersionOneManifest(TestKey(), name), TestKey());
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+  EXPECT_EQ(decoded->format_version, 1);
+  EXPECT_EQ(decoded->chunk_hash, ChunkHash::kBlake2b);
+  EXPECT_EQ(decoded->job, "old");
+  ASSERT_EQ(decoded->files.size(), 1u);
+  EXPECT_EQ(decoded->files[0].chunks[0].hash, name);
+
+  // Its chunk, stored the old way, verifies with the hash the manifest names.
+  MemoryStore store;
+  std::string stored = std::string(1, '\0') + "hello";  // codec 0: raw
+  ASSERT_TRUE(store.PutIfAbsent(ChunkKey(name), stored).has_value());
+  EXPECT_TRUE(VerifyImages(decoded->files, decoded->chunk_hash, store, TestKey()).has_value());
+}
+
+TEST(ManifestTest, UnknownChunkHashIsRefused) {
+  std::string encoded = EncodeManifest(FullManifest(), TestKey());
+  // Re-authenticate a body naming another hash: refused for the hash, not
+  // for the MAC.
+  size_t eol = encoded.find('\n');
+  std::string body = encoded.substr(eol + 1);
+  size_t at = body.find("hmac-sha256");
+  ASSERT_NE(at, std::string::npos);
+  body.replace(at, 11, "md5");
+  auto sub = SubKey(TestKey(), "cryomanf");
+  unsigned char mac[32];
+  crypto_generichash(mac, 32, reinterpret_cast<const unsigned char*>(body.data()), body.size(),
+                     sub.data(), sub.size());
+  auto decoded = DecodeManifest("cryo-manifest 2 " + Hex(mac, 32) + "\n" + body, TestKey());
+  ASSERT_FALSE(decoded.has_value());
+  EXPECT_EQ(decoded.error().kind(), ErrorKind::kCorrupt);
+  EXPECT_NE(decoded.error().message().find("chunk hash"), std::string::npos)
+      << decoded.error().message();
+}
+
 TEST(ManifestTest, UnknownVersionIsRefused) {
   std::string encoded = EncodeManifest(FullManifest(), TestKey());
-  encoded[14] = '2';  // "cryo-manifest 2 ..."
+  encoded[14] = '3';  // "cryo-manifest 3 ..."
   auto decoded = DecodeManifest(encoded, TestKey());
   ASSERT_FALSE(decoded.has_value());
   EXPECT_EQ(decoded.error().kind(), ErrorKind::kCorrupt);
