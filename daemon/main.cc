@@ -193,6 +193,9 @@ int RealMain(int argc, char** argv) {
   LogInfo("cryod stopping; jobs keep running", {{"signal", std::to_string(sig)}});
   (*server)->Stop();
   serving.join();
+  // Our memory scratch goes if empty; images of an operation cut short stay
+  // for the next start to clear.
+  if (!memory_scratch.empty()) ::rmdir(memory_scratch.c_str());
   // Client threads may still be streaming: end the process without running
   // destructors under them. Job state is on disk; monitors carry on.
   std::_Exit(0);
