@@ -179,7 +179,7 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
 
   // The images go to memory when they fit: the job stands frozen for less
   // time, and storing them reads no disk.
-  uint64_t estimate = 0;
+  std::optional<uint64_t> estimate;
   if (auto pids = CgroupPids(job->cgroup)) estimate = EstimateImageBytes(*pids);
   auto work = scratch_->Allocate(m.id, estimate);
   if (!work) return std::unexpected(work.error().WithContext(context));
@@ -222,12 +222,6 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   m.phases["total"] = MillisSince(start);
   published = m.id;
   resume.done = resume.done || stop;  // the job is gone
-  // CRIU has killed the tree, but its monitor reports the end a moment
-  // later: answer once the job shows as checkpointed, so that a client's
-  // next request (ps, restore) sees it ended.
-  if (stop && !supervisor_.WaitForEnd(job->id, std::chrono::seconds(10))) {
-    LogWarn("job not ended 10 s after its --stop checkpoint", {{"job", job->name}});
-  }
   LogInfo("checkpoint stored", {{"job", m.job},
                                 {"id", m.id},
                                 {"bytes", std::to_string(m.image_bytes)},
@@ -239,6 +233,17 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
                                 {"total_ms", PhaseMs(m.phases, "total")},
                                 {"stop", stop ? "true" : "false"},
                                 {"scratch", work->in_memory() ? "memory" : "disk"}});
+  // CRIU has killed the tree, but its monitor reports the end a moment
+  // later: answer once the job shows as checkpointed, so that a client's
+  // next request (ps, restore) sees it ended. The images and the store are
+  // not needed for that.
+  if (stop) {
+    work = std::unexpected(Error(ErrorKind::kInternal, "released"));
+    store_lock.unlock();
+    if (!supervisor_.WaitForEnd(job->id, std::chrono::seconds(10))) {
+      LogWarn("job not ended 10 s after its --stop checkpoint", {{"job", job->name}});
+    }
+  }
   return m;
 }
 
@@ -414,6 +419,39 @@ Result<Manifest> CheckpointService::Remove(const Caller& caller, std::string_vie
   if (auto s = store_->Flush(); !s) return std::unexpected(s.error());
   LogInfo("checkpoint removed", {{"job", m->job}, {"id", m->id}});
   return m;
+}
+
+Result<uint64_t> CheckpointService::RemoveTornChunks() {
+  std::unique_lock store_lock(store_mu_);
+  std::set<std::string> referenced;
+  auto manifests = store_->List("manifests/");
+  if (!manifests) return std::unexpected(manifests.error());
+  for (const auto& key : *manifests) {
+    auto data = store_->Get(key);
+    auto m = data ? DecodeManifest(*data, key_) : std::unexpected(data.error());
+    if (!m) continue;  // its chunks get checked as unreferenced: safe
+    for (const auto& f : m->files) {
+      for (const auto& c : f.chunks) referenced.insert(ChunkKey(c.hash));
+    }
+  }
+  auto chunks = store_->List("chunks/");
+  if (!chunks) return std::unexpected(chunks.error());
+  uint64_t removed = 0;
+  for (const auto& key : *chunks) {
+    if (referenced.contains(key)) continue;
+    std::string hash = key.substr(key.rfind('/') + 1);
+    auto data = store_->Get(key);
+    if (data && IsIntactChunk(hash, *data, key_)) continue;
+    if (auto s = store_->Delete(key); !s) return std::unexpected(s.error());
+    ++removed;
+  }
+  return removed;
+}
+
+bool CheckpointService::Quiesce() {
+  if (!store_mu_.try_lock()) return false;
+  scratch_->Close();
+  return store_->Flush().has_value();
 }
 
 Result<CheckpointService::GcStats> CheckpointService::CollectGarbage(const Caller& caller) {

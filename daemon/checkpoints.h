@@ -86,6 +86,19 @@ class CheckpointService {
   // if a manifest cannot be read: its chunks would look unreferenced.
   Result<GcStats> CollectGarbage(const Caller& caller);
 
+  // For an orderly stop: if nothing uses the store now, takes it for good
+  // (no checkpoint, restore or gc can start after it), flushes it, removes
+  // the memory scratch and returns true. Only then may the stop be recorded
+  // as clean.
+  bool Quiesce();
+
+  // After an unclean stop: chunks no checkpoint names yet were written after
+  // the last sync and may be torn, and a new checkpoint would reuse them as
+  // they are. Re-reads each of them and removes those that are not intact
+  // (intact ones may belong to another cryod's checkpoint in progress).
+  // Returns how many it removed.
+  Result<uint64_t> RemoveTornChunks();
+
   // The id `job`'s latest reference names ("" if none or unreadable).
   std::string LatestOf(std::string_view job);
   // Whether `manifest` is the newest checkpoint of its job.

@@ -142,12 +142,12 @@ int RealMain(int argc, char** argv) {
     LogError("cannot load the job table", {{"error", supervisor.error().ToString()}});
     return 1;
   }
-  // Scratch in memory is named after the state directory, so that a
-  // restarted cryod finds (and clears) what its predecessor left.
+  // The state directory records our memory scratch, so that a restarted
+  // cryod finds (and clears) what its predecessor left.
   auto scratch = ScratchSpace::Create(
       {.disk_dir = config->state_dir + "/work",
        .memory_dir = config->memory_scratch == "off" ? "" : config->memory_scratch,
-       .tag = ScratchTag(config->state_dir)});
+       .record = config->state_dir + "/memory-scratch"});
   if (!scratch) {
     LogError("cannot prepare scratch space", {{"error", scratch.error().ToString()}});
     return 1;
@@ -155,6 +155,20 @@ int RealMain(int argc, char** argv) {
   std::string memory_scratch = (*scratch)->memory_root();
   CheckpointService checkpoints(**supervisor, std::move(*store), *key, std::move(*scratch),
                                 {.criu_path = config->criu_path});
+  // After a crash or a power loss, chunks that no published checkpoint
+  // references may be torn (they are synced only before their manifest is
+  // written), and a new checkpoint would reuse them as they are: check them
+  // before taking requests. An orderly stop leaves a marker that spares this.
+  std::string clean_stop = config->state_dir + "/clean-stop";
+  if (::unlink(clean_stop.c_str()) != 0) {
+    if (auto torn = checkpoints.RemoveTornChunks(); !torn) {
+      LogWarn("after an unclean stop, unreferenced chunks could not be checked",
+              {{"error", torn.error().ToString()}});
+    } else {
+      LogInfo("after an unclean stop: checked unreferenced chunks",
+              {{"removed_torn", std::to_string(*torn)}});
+    }
+  }
   auto server = ControlServer::Listen(config->socket_path, **supervisor, checkpoints);
   if (!server) {
     LogError("cannot listen", {{"error", server.error().ToString()}});
@@ -193,9 +207,9 @@ int RealMain(int argc, char** argv) {
   LogInfo("cryod stopping; jobs keep running", {{"signal", std::to_string(sig)}});
   (*server)->Stop();
   serving.join();
-  // Our memory scratch goes if empty; images of an operation cut short stay
-  // for the next start to clear.
-  if (!memory_scratch.empty()) ::rmdir(memory_scratch.c_str());
+  // Clean only if no checkpoint was cut short: its chunks are not synced,
+  // and its images stay in scratch for the next start to clear.
+  if (checkpoints.Quiesce()) (void)WriteFileAtomic(clean_stop, "");
   // Client threads may still be streaming: end the process without running
   // destructors under them. Job state is on disk; monitors carry on.
   std::_Exit(0);

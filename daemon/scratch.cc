@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <charconv>
-#include <cstdio>
 #include <filesystem>
 #include <string_view>
 
@@ -37,30 +36,31 @@ uint64_t MeminfoBytes(std::string_view text, std::string_view field) {
   return kib * 1024;
 }
 
-// Makes `path` (a directory in a world-writable tmpfs) ours, or says why
-// not: it must end up a real directory, owned by us, 0700, so that nobody
-// else can read the images or plant files in it.
-Status ClaimPrivateDir(const std::string& path) {
-  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) return SysFail("mkdir " + path);
+// Whether `path` is a real directory of ours that nobody else can enter.
+bool IsPrivateDir(const std::string& path) {
   struct stat st {};
-  if (::lstat(path.c_str(), &st) != 0) return SysFail("lstat " + path);
-  if (!S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() || (st.st_mode & 077) != 0) {
-    char mode[8];
-    std::snprintf(mode, sizeof mode, "%04o", st.st_mode & 07777);
-    return Fail(ErrorKind::kPermissionDenied,
-                path + " is not a directory of cryod's own (owner " + std::to_string(st.st_uid) +
-                    ", mode " + mode + (S_ISLNK(st.st_mode) ? ", a symbolic link" : "") + ")");
-  }
-  return {};
+  return ::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == ::geteuid() &&
+         (st.st_mode & 077) == 0;
 }
 
-// Removes every entry of `dir`, keeping `dir`.
-Status EmptyDir(const std::string& dir) {
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    if (auto s = RemoveTree(entry.path().string()); !s) return s;
+// Images may go below `dir` only if nobody but root can replace what we make
+// there: a tmpfs owned by root, sticky (as /dev/shm) or writable by root alone.
+Status CheckMemoryDir(const std::string& dir) {
+  struct statfs fs {};
+  if (::statfs(dir.c_str(), &fs) != 0) return SysFail("memory scratch " + dir);
+  if (fs.f_type != TMPFS_MAGIC) {
+    return Fail(
+        ErrorKind::kInvalidArgument,
+        "memory scratch " + dir + " is not a tmpfs (set memory_scratch to a tmpfs, or off)");
   }
-  if (ec) return Fail(ErrorKind::kIo, "list " + dir + ": " + ec.message());
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) return SysFail("memory scratch " + dir);
+  bool others_write = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0;
+  if (st.st_uid != 0 || (others_write && (st.st_mode & S_ISVTX) == 0)) {
+    return Fail(ErrorKind::kPermissionDenied,
+                "memory scratch " + dir +
+                    " must be owned by root and sticky or writable by root alone (as /dev/shm is)");
+  }
   return {};
 }
 
@@ -69,6 +69,7 @@ Status EmptyDir(const std::string& dir) {
 WorkDir::WorkDir(WorkDir&& other) noexcept
     : path_(std::exchange(other.path_, "")),
       owner_(other.owner_),
+      in_memory_(other.in_memory_),
       reserved_(std::exchange(other.reserved_, 0)) {}
 
 WorkDir::~WorkDir() {
@@ -85,26 +86,38 @@ Result<std::unique_ptr<ScratchSpace>> ScratchSpace::Create(Options options) {
   if (auto s = MakeDirs(o.disk_dir, 0700); !s) {
     return std::unexpected(s.error().WithContext("scratch space"));
   }
-  if (o.memory_dir.empty()) return scratch;
-  struct statfs fs {};
-  if (::statfs(o.memory_dir.c_str(), &fs) != 0 || fs.f_type != TMPFS_MAGIC) {
-    LogWarn("memory scratch off: not a tmpfs", {{"dir", o.memory_dir}});
-    return scratch;
+  // What a predecessor that died left in memory holds secrets: remove it,
+  // if it still is the private directory we made (never follow a link).
+  if (auto previous = ReadFileToString(o.record)) {
+    std::string path = *previous;
+    bool ours = path.find("/cryo-") != std::string::npos && path.find("..") == std::string::npos;
+    if (ours && IsPrivateDir(path)) (void)RemoveTree(path);
+    ::unlink(o.record.c_str());
   }
-  std::string root = o.memory_dir + "/cryo-" + o.tag;
-  if (auto s = ClaimPrivateDir(root); !s) {
+  if (o.memory_dir.empty()) return scratch;
+  if (auto s = CheckMemoryDir(o.memory_dir); !s) {
     LogWarn("memory scratch off", {{"error", s.error().ToString()}});
     return scratch;
   }
-  if (auto s = EmptyDir(root); !s) {
-    LogWarn("cannot clean the memory scratch", {{"error", s.error().ToString()}});
+  std::string templ = o.memory_dir + "/cryo-XXXXXX";
+  if (::mkdtemp(templ.data()) == nullptr) {
+    LogWarn("memory scratch off", {{"error", SysFail("mkdtemp " + templ).error().ToString()}});
+    return scratch;
   }
-  scratch->memory_root_ = root;
+  if (auto s = WriteFileAtomic(o.record, templ); !s) {
+    ::rmdir(templ.c_str());
+    LogWarn("memory scratch off", {{"error", s.error().ToString()}});
+    return scratch;
+  }
+  scratch->memory_root_ = templ;
   return scratch;
 }
 
-ScratchSpace::~ScratchSpace() {
-  if (!memory_root_.empty()) ::rmdir(memory_root_.c_str());
+void ScratchSpace::Close() {
+  if (memory_root_.empty()) return;
+  (void)RemoveTree(memory_root_);
+  ::unlink(options_.record.c_str());
+  memory_root_.clear();
 }
 
 bool ScratchSpace::ReserveMemory(uint64_t bytes, uint64_t also_needed) {
@@ -118,9 +131,14 @@ bool ScratchSpace::ReserveMemory(uint64_t bytes, uint64_t also_needed) {
   std::lock_guard lock(mu_);
   // What other operations reserved may not be written yet: count it as gone.
   uint64_t tmpfs_free = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
-  if (tmpfs_free < reserved_ + bytes + kTmpfsSlack) return false;
-  if (available < reserved_ + bytes + also_needed + margin) return false;
-  reserved_ += bytes;
+  uint64_t images = 0, memory = 0;
+  if (__builtin_add_overflow(reserved_, bytes, &images) ||
+      __builtin_add_overflow(images, also_needed, &memory) ||
+      __builtin_add_overflow(memory, margin, &memory) ||
+      images > tmpfs_free - std::min(tmpfs_free, kTmpfsSlack) || memory > available) {
+    return false;
+  }
+  reserved_ = images;
   return true;
 }
 
@@ -129,38 +147,25 @@ void ScratchSpace::Release(uint64_t bytes) {
   reserved_ -= std::min(reserved_, bytes);
 }
 
-Result<WorkDir> ScratchSpace::Allocate(const std::string& id, uint64_t bytes,
+Result<WorkDir> ScratchSpace::Allocate(const std::string& id, std::optional<uint64_t> bytes,
                                        uint64_t also_needed) {
-  // A reservation of at least one byte marks the directory as in memory.
-  uint64_t reserve = std::max<uint64_t>(bytes, 1);
-  bool memory = ReserveMemory(reserve, also_needed);
-  WorkDir dir((memory ? memory_root_ : options_.disk_dir) + "/" + id, this, memory ? reserve : 0);
+  // An unknown size goes to disk: it could be anything.
+  if (bytes && ReserveMemory(*bytes, also_needed)) {
+    WorkDir dir(memory_root_ + "/" + id, this, true, *bytes);
+    if (MakeDirs(dir.images(), 0700)) return dir;
+  }
+  WorkDir dir(options_.disk_dir + "/" + id, this, false, 0);
   if (auto s = MakeDirs(dir.images(), 0700); !s) return std::unexpected(s.error());
   return dir;
 }
 
-std::string ScratchTag(const std::string& state_dir) {
-  uint64_t h = 14695981039346656037ull;  // FNV-1a: stable across builds
-  for (unsigned char c : state_dir) h = (h ^ c) * 1099511628211ull;
-  char out[17];
-  std::snprintf(out, sizeof out, "%016llx", static_cast<unsigned long long>(h));
-  return out;
-}
-
-uint64_t EstimateImageBytes(const std::vector<pid_t>& pids) {
+std::optional<uint64_t> EstimateImageBytes(const std::vector<pid_t>& pids) {
   // Images hold more than memory (metadata, page maps): a little extra.
   uint64_t total = 16 * kMiB;
-  long page = ::sysconf(_SC_PAGESIZE);
   for (pid_t pid : pids) {
-    auto statm = ReadFileToString("/proc/" + std::to_string(pid) + "/statm");
-    if (!statm) continue;
-    std::string_view s = *statm;
-    size_t space = s.find(' ');
-    if (space == std::string_view::npos) continue;
-    s.remove_prefix(space + 1);
-    uint64_t resident = 0;
-    std::from_chars(s.data(), s.data() + s.size(), resident);
-    total += resident * static_cast<uint64_t>(page);
+    auto rollup = ReadFileToString("/proc/" + std::to_string(pid) + "/smaps_rollup");
+    if (!rollup) return std::nullopt;
+    total += MeminfoBytes(*rollup, "\nRss:") + MeminfoBytes(*rollup, "\nSwap:");
   }
   return total;
 }

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,14 +33,15 @@ class WorkDir {
   ~WorkDir();
   const std::string& path() const { return path_; }
   std::string images() const { return path_ + "/images"; }
-  bool in_memory() const { return reserved_ > 0; }
+  bool in_memory() const { return in_memory_; }
 
  private:
   friend class ScratchSpace;
-  WorkDir(std::string path, ScratchSpace* owner, uint64_t reserved)
-      : path_(std::move(path)), owner_(owner), reserved_(reserved) {}
+  WorkDir(std::string path, ScratchSpace* owner, bool in_memory, uint64_t reserved)
+      : path_(std::move(path)), owner_(owner), in_memory_(in_memory), reserved_(reserved) {}
   std::string path_;
   ScratchSpace* owner_;
+  bool in_memory_;
   uint64_t reserved_;
 };
 
@@ -48,21 +50,26 @@ class ScratchSpace {
   struct Options {
     std::string disk_dir;    // always usable; created 0700
     std::string memory_dir;  // a tmpfs directory to make ours in; empty: none
-    std::string tag;         // names our directory in memory_dir (unique per cryod)
+    std::string record;      // a file of the state directory naming ours
   };
   // Prepares both places and removes what a cryod that died mid-operation
-  // left there. Memory scratch is given up (logged) when memory_dir is not a
-  // tmpfs or our directory there is not ours alone (root-owned, 0700, not a
-  // link): images hold every secret of a job.
+  // left there (the memory directory named in `record`, if it is still a
+  // private directory of ours). Our memory directory is a fresh one with a
+  // random name (mkdtemp, 0700) in memory_dir, which must be a tmpfs owned by
+  // root and either sticky or writable by root alone: nobody else can then
+  // replace it or anything in it. Otherwise memory scratch is off (logged).
   static Result<std::unique_ptr<ScratchSpace>> Create(Options options);
-  // Removes our memory directory if it is empty (no WorkDir may outlive this).
-  ~ScratchSpace();
 
-  // A fresh directory `id` for images of about `bytes` bytes. In memory when
-  // the tmpfs has room for them and the machine's available memory covers
-  // them plus `also_needed` (a restore's process needs its memory too) and a
-  // margin; else on disk.
-  Result<WorkDir> Allocate(const std::string& id, uint64_t bytes, uint64_t also_needed = 0);
+  // Removes our memory directory and its record. Only when no operation
+  // runs or can start any more (the caller excludes them).
+  void Close();
+
+  // A fresh directory `id` for images of about `bytes` bytes (nullopt: not
+  // known). In memory when the tmpfs has room for them and the machine's
+  // available memory covers them plus `also_needed` (a restore's process
+  // needs its memory too) and a margin; else on disk.
+  Result<WorkDir> Allocate(const std::string& id, std::optional<uint64_t> bytes,
+                           uint64_t also_needed = 0);
 
   // Where our memory scratch is ("" if none).
   const std::string& memory_root() const { return memory_root_; }
@@ -79,12 +86,9 @@ class ScratchSpace {
   uint64_t reserved_ = 0;  // guarded by mu_
 };
 
-// A short stable name for the scratch of the cryod whose state directory is
-// `state_dir` (hex of a hash of the path).
-std::string ScratchTag(const std::string& state_dir);
-
 // A guess of how many bytes CRIU's images of these processes take: their
-// resident memory, summed (shared pages counted for each, so it errs high).
-uint64_t EstimateImageBytes(const std::vector<pid_t>& pids);
+// resident and swapped-out memory, summed (shared pages counted for each, so
+// it errs high); nullopt if a process's figures cannot be read.
+std::optional<uint64_t> EstimateImageBytes(const std::vector<pid_t>& pids);
 
 }  // namespace cryo

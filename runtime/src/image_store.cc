@@ -727,6 +727,26 @@ std::vector<size_t> ChunkBoundaries(std::string_view data) {
   return ends;
 }
 
+bool IsIntactChunk(std::string_view hash, std::string_view stored, const Key& key) {
+  if (stored.empty()) return false;
+  uint64_t size = stored.size() - 1;
+  if (static_cast<unsigned char>(stored[0]) == kCodecZstd) {
+    unsigned long long content = ZSTD_getFrameContentSize(stored.data() + 1, stored.size() - 1);
+    if (content == ZSTD_CONTENTSIZE_ERROR || content == ZSTD_CONTENTSIZE_UNKNOWN ||
+        content > kMaxChunk)
+      return false;
+    size = content;
+  }
+  ZstdDCtx dctx(ZSTD_createDCtx());
+  std::string buf;
+  auto plain = DecodeChunk(dctx.get(), stored, size, buf);
+  if (!plain) return false;
+  for (ChunkHash h : {ChunkHash::kHmacSha256, ChunkHash::kBlake2b}) {
+    if (ChunkHasher(key, h).Hash(*plain) == hash) return true;
+  }
+  return false;
+}
+
 std::string_view ChunkHashName(ChunkHash hash) {
   return hash == ChunkHash::kBlake2b ? "blake2b-256" : "hmac-sha256";
 }

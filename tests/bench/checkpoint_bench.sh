@@ -8,7 +8,10 @@
 #   tests/bench/checkpoint_bench.sh [SIZES_MIB...]     (default: 1024 4096)
 #
 # Environment: REPS (default 3), CRYO_BUILD_DIR (default ./build),
-# BENCH_DIR (default /var/tmp; must not be tmpfs to compare like with like).
+# BENCH_DIR (default /var/tmp; must not be tmpfs to compare like with like:
+# the store and the raw images go there), CRYOD_ARGS (extra cryod flags,
+# e.g. "--memory-scratch off" to stage cryo's images on that disk too;
+# by default cryod stages them in /dev/shm when they fit).
 # Targets (issue 3): frozen time <= 1.0x raw dump, total checkpoint <= 1.5x,
 # restore <= 1.2x.
 set -euo pipefail
@@ -40,47 +43,64 @@ median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(
 wait_ready() { for _ in $(seq 600); do grep -q ready "$1" 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 
 exec 3>"$work/ready"
-"$build/bin/cryod" --state-dir "$work/state" --socket "$CRYO_SOCKET" --ready-fd 3 2>"$work/cryod.log" &
+"$build/bin/cryod" --state-dir "$work/state" --socket "$CRYO_SOCKET" --ready-fd 3 ${CRYOD_ARGS:-} 2>"$work/cryod.log" &
 cryod_pid=$!
 exec 3>&-
 for _ in $(seq 100); do [[ -s $work/ready ]] && break; sleep 0.1; done
+
+# Waits for "ready" in the output that `$1` prints, then lets the machine
+# settle a moment (the program just wrote its memory), alike for both sides.
+settle() { for _ in $(seq 600); do "$@" | grep -q ready && break; sleep 0.05; done; sleep 1; }
+
+# Raw CRIU: the program as a session leader, dumped and restored by hand.
+raw_rep() {
+  local mib=$1 t pid
+  rm -rf "$work/raw" && mkdir -p "$work/raw"
+  setsid "$hog" "$mib" mixed "$seed" >"$work/raw.out" 2>&1 </dev/null &
+  pid=$!
+  pids+=("$pid")
+  settle cat "$work/raw.out"
+  t=$(now)
+  "$criu" dump -t "$pid" -D "$work/raw" -o dump.log --tcp-established --network-lock nftables ||
+    { grep Error "$work/raw/dump.log" | grep -v RLIMIT >&2; exit 1; }
+  sync -f "$work/raw"
+  raw_dump+=("$(elapsed "$t")")
+  wait "$pid" 2>/dev/null || true
+  t=$(now)
+  "$criu" restore -D "$work/raw" -o restore.log --restore-detached --tcp-established \
+    --network-lock nftables --pidfile "$work/raw.pid" ||
+    { grep Error "$work/raw/restore.log" | grep -v RLIMIT >&2; exit 1; }
+  raw_restore+=("$(elapsed "$t")")
+  kill -9 "$(cat "$work/raw.pid")" 2>/dev/null || true
+  rm -f "$work/raw.pid"
+  rm -rf "$work/raw"
+}
+
+# cryo: the same program as a job, checkpointed with --stop and restored.
+cryo_rep() {
+  local mib=$1 t json
+  cryo rm --force bench >/dev/null 2>&1 || true
+  cryo run -d --name bench -- "$hog" "$mib" mixed "$seed" >/dev/null
+  settle cryo logs bench
+  t=$(now)
+  json=$(cryo checkpoint --stop --json bench)
+  cryo_total+=("$(elapsed "$t")")
+  cryo_frozen+=("$(python3 -c 'import json,sys; p=json.load(sys.stdin)["phases_ms"]; print((p.get("freeze",0)+p["dump"])/1000)' <<<"$json")")
+  t=$(now)
+  cryo restore -d bench >/dev/null
+  cryo_restore+=("$(elapsed "$t")")
+  cryo rm --force bench >/dev/null
+}
 
 printf 'filesystem of %s: %s\n' "$work" "$(stat -f -c %T "$work")"
 for mib in "${sizes[@]}"; do
   raw_dump=() raw_restore=() cryo_frozen=() cryo_total=() cryo_restore=()
   for rep in $(seq "$reps"); do
-    # Raw CRIU: the program as a session leader, dumped and restored by hand.
-    rm -rf "$work/raw" && mkdir -p "$work/raw"
-    setsid "$hog" "$mib" mixed >"$work/raw.out" 2>&1 </dev/null &
-    pid=$!
-    pids+=("$pid")
-    wait_ready "$work/raw.out"
-    t=$(now)
-    "$criu" dump -t "$pid" -D "$work/raw" -o dump.log --tcp-established --network-lock nftables ||
-      { grep Error "$work/raw/dump.log" | grep -v RLIMIT >&2; exit 1; }
-    sync -f "$work/raw"
-    raw_dump+=("$(elapsed "$t")")
-    wait "$pid" 2>/dev/null || true
-    t=$(now)
-    "$criu" restore -D "$work/raw" -o restore.log --restore-detached --tcp-established \
-      --network-lock nftables --pidfile "$work/raw.pid" ||
-      { grep Error "$work/raw/restore.log" | grep -v RLIMIT >&2; exit 1; }
-    raw_restore+=("$(elapsed "$t")")
-    kill -9 "$(cat "$work/raw.pid")" 2>/dev/null || true
-    rm -f "$work/raw.pid"
-
-    # cryo: the same program as a job, checkpointed with --stop and restored.
-    cryo rm --force bench >/dev/null 2>&1 || true
-    cryo run -d --name bench -- "$hog" "$mib" mixed >/dev/null
-    for _ in $(seq 600); do cryo logs bench | grep -q ready && break; sleep 0.05; done
-    t=$(now)
-    json=$(cryo checkpoint --stop --json bench)
-    cryo_total+=("$(elapsed "$t")")
-    cryo_frozen+=("$(python3 -c 'import json,sys; p=json.load(sys.stdin)["phases_ms"]; print((p.get("freeze",0)+p["dump"])/1000)' <<<"$json")")
-    t=$(now)
-    cryo restore -d bench >/dev/null
-    cryo_restore+=("$(elapsed "$t")")
-    cryo rm --force bench >/dev/null
+    # New random memory every repetition: each checkpoint stores its random
+    # half anew, as a first checkpoint does (the text half is the same).
+    seed=$((rep + 1000 * mib))
+    # Alternating order (ABBA), so that drifts of this VM hit both alike.
+    if ((rep % 2)); then raw_rep "$mib" && cryo_rep "$mib"; else cryo_rep "$mib" && raw_rep "$mib"; fi
     printf '%5d MiB rep %d: raw dump %.2fs restore %.2fs | cryo frozen %.2fs total %.2fs restore %.2fs\n' \
       "$mib" "$rep" "${raw_dump[-1]}" "${raw_restore[-1]}" "${cryo_frozen[-1]}" "${cryo_total[-1]}" "${cryo_restore[-1]}"
   done

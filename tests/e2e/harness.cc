@@ -209,6 +209,12 @@ void Cryod::Kill9() {
   pid_ = -1;
 }
 
+void Cryod::Stop() {
+  kill(pid_, SIGTERM);
+  waitpid(pid_, nullptr, 0);
+  pid_ = -1;
+}
+
 std::string Cryod::Scratch() const { return dir_; }
 
 std::string Cryod::MemoryScratch() const {

@@ -69,6 +69,7 @@ class Cryod {
 
   void Start();
   void Kill9();  // kill -9: a crash
+  void Stop();   // SIGTERM: an orderly stop
   pid_t pid() const { return pid_; }
   const std::string& socket() const { return socket_; }
   const std::string& state_dir() const { return state_dir_; }

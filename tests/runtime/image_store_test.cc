@@ -472,6 +472,26 @@ TEST_F(ImagesTest, ChunksAreNamedAsDocumentedForEitherHash) {
   }
 }
 
+TEST_F(ImagesTest, IntactChunksAreToldFromTornOrAlteredOnes) {
+  auto files = StoreOrDie();
+  int checked = 0;
+  for (const auto& file : files) {
+    for (const auto& chunk : file.chunks) {
+      auto stored = store_.Get(ChunkKey(chunk.hash));
+      ASSERT_TRUE(stored.has_value());
+      EXPECT_TRUE(IsIntactChunk(chunk.hash, *stored, key_)) << file.name;
+      EXPECT_FALSE(IsIntactChunk(chunk.hash, stored->substr(0, stored->size() / 2), key_));
+      EXPECT_FALSE(IsIntactChunk(chunk.hash, "", key_));
+      std::string flipped = *stored;
+      flipped[flipped.size() - 1] ^= 1;
+      EXPECT_FALSE(IsIntactChunk(chunk.hash, flipped, key_));
+      EXPECT_FALSE(IsIntactChunk(chunk.hash, *stored, TestKey(99))) << "another key's";
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 3);
+}
+
 TEST(ChunkHashTest, NamesRoundTrip) {
   for (ChunkHash hash : {ChunkHash::kHmacSha256, ChunkHash::kBlake2b}) {
     EXPECT_EQ(ParseChunkHash(ChunkHashName(hash)), hash);

@@ -107,6 +107,11 @@ std::string EncodeManifest(const Manifest& manifest, const Key& key);
 // whose format version is unknown. Nothing of an unverified manifest is used.
 Result<Manifest> DecodeManifest(std::string_view data, const Key& key);
 
+// Whether `stored` (an object under ChunkKey(hash)) decodes to a chunk whose
+// name is `hash` under one of the chunk hashes: a chunk torn by a crash, or
+// altered, is not.
+bool IsIntactChunk(std::string_view hash, std::string_view stored, const Key& key);
+
 // "hmac-sha256", "blake2b-256": the names in manifests.
 std::string_view ChunkHashName(ChunkHash hash);
 std::optional<ChunkHash> ParseChunkHash(std::string_view name);

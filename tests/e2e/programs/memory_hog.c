@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-//   memory_hog MIB [mixed]
+//   memory_hog MIB [mixed|random [SEED]]
 // Holds MIB MiB of anonymous memory filled with pseudo-random bytes (fixed
-// seed: the same content in every run; with "mixed", the upper half is
-// compressible text instead), prints "ready", then waits. On
+// seed, 1 unless given: the same content in every run; with "mixed", the
+// upper half is compressible text instead), prints "ready", then waits. On
 // SIGUSR1 it maps 64 KiB more in the middle of its address space (between
 // two halves of its memory), fills it, and prints "grown": pages added in the
 // middle of the pages image, for the deduplication test.
@@ -40,12 +40,13 @@ int main(int argc, char** argv) {
   unsigned char* high = base + half + hole;
   mprotect(low, half, PROT_READ | PROT_WRITE);
   mprotect(high, half, PROT_READ | PROT_WRITE);
-  Fill(low, half, 1);
+  uint64_t seed = argc > 3 ? strtoull(argv[3], NULL, 10) : 1;
+  Fill(low, half, seed * 2 - 1);
   if (argc > 2 && strcmp(argv[2], "mixed") == 0) {
     static const char kText[] = "cryo keeps your work when the machine goes away. ";
     for (size_t i = 0; i < half; ++i) high[i] = (unsigned char)kText[i % (sizeof kText - 1)];
   } else {
-    Fill(high, half, 2);
+    Fill(high, half, seed * 2);
   }
   signal(SIGUSR1, OnUsr1);
   printf("ready\n");
