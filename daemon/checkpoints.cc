@@ -7,6 +7,7 @@
 #include <sys/utsname.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <set>
@@ -16,6 +17,7 @@
 #include "cryo/cgroup.h"
 #include "cryo/checkpointer.h"
 #include "cryo/file_util.h"
+#include "cryo/image_streamer.h"
 #include "cryo/log.h"
 #include "cryo/process.h"
 
@@ -30,6 +32,8 @@ int64_t MillisSince(Clock::time_point start) {
 
 // Where cryo-monitor finds the sockets it passes to CRIU for a restore.
 constexpr int kFirstInheritedFd = 10;
+// A streamed restore stages only CRIU's log and stats.
+constexpr uint64_t kStreamScratchBytes = uint64_t{16} << 20;
 
 bool IsCheckpointId(std::string_view s) {
   return s.size() == 16 && std::all_of(s.begin(), s.end(), [](char c) {
@@ -303,17 +307,44 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
   auto begin = Clock::now();
   auto start = begin;
   PhaseTimes phases;
-  // In memory if the images fit beside the restored process.
-  auto work = scratch_->Allocate(NewJobId(), m->image_bytes, m->image_bytes);
+  // CRIU reads the images from a stream we feed from the store, each chunk
+  // verified first: nothing is staged, and restoring overlaps fetching. The
+  // work directory holds only the socket and CRIU's log.
+  auto work = scratch_->Allocate(NewJobId(), kStreamScratchBytes);
   if (!work) return std::unexpected(work.error().WithContext(context));
   BeginPhase(progress, "fetch", m->image_bytes);
-  if (auto s = FetchImages(m->files, m->chunk_hash, *store_, key_, work->images(),
-                           progress ? progress->Counter() : nullptr);
-      !s) {
-    return std::unexpected(
-        s.error().WithContext(context + " (run 'cryo verify " + m->id + "' for details)"));
+  // Progress: "fetch" while chunks go to CRIU (which restores meanwhile),
+  // "restore" once the last one went. Declared before the server, which
+  // calls it from its threads until it is destroyed.
+  std::atomic<uint64_t> fed{0};
+  ImageProgress on_fed;
+  if (progress) {
+    on_fed = [&, total = m->image_bytes](uint64_t bytes) {
+      uint64_t before = fed.fetch_add(bytes);
+      if (before >= total) return;
+      progress->Add(std::min(bytes, total - before));
+      if (before + bytes >= total) progress->BeginPhase("restore");
+    };
   }
-  phases["fetch"] = MillisSince(start);
+  std::unique_ptr<ImageStreamServer> stream;
+  if (auto server = ImageStreamServer::Listen(work->images(), m->files, m->chunk_hash, *store_,
+                                              key_, on_fed)) {
+    stream = std::move(*server);
+  } else {
+    // Staged instead (a socket path too long, say): in memory if the images
+    // fit beside the restored process.
+    LogWarn("restore staged, not streamed", {{"error", server.error().ToString()}});
+    work = scratch_->Allocate(NewJobId(), m->image_bytes, m->image_bytes);
+    if (!work) return std::unexpected(work.error().WithContext(context));
+    if (auto s = FetchImages(m->files, m->chunk_hash, *store_, key_, work->images(),
+                             progress ? progress->Counter() : nullptr);
+        !s) {
+      return std::unexpected(
+          s.error().WithContext(context + " (run 'cryo verify " + m->id + "' for details)"));
+    }
+    phases["fetch"] = MillisSince(start);
+    start = Clock::now();
+  }
 
   JobRecord job;
   job.name = name.empty() ? m->job : std::string(name);
@@ -326,9 +357,9 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
   job.restored_from = m->id;
   job.last_checkpoint = m->id;
   job.on_sigterm = ParseOnSigterm(m->on_sigterm).value_or(OnSigterm::kCheckpoint);
-  std::vector<std::string> monitor_args{"--restore",        work->images(), "--criu",
-                                        options_.criu_path, "--stdout-key", m->stdout_key,
-                                        "--stderr-key",     m->stderr_key};
+  std::vector<std::string> monitor_args{
+      "--restore",   work->images(), "--criu",      options_.criu_path, "--stdout-key",
+      m->stdout_key, "--stderr-key", m->stderr_key, "--stream",         stream ? "1" : "0"};
   // The shim's API sockets: a fresh connected pair for each, the program's
   // end put in place of the dumped one (inherit-fd), ours kept.
   std::vector<std::pair<UniqueFd, uint64_t>> ours;
@@ -348,12 +379,33 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
     monitor_args.push_back("--inherit");
     monitor_args.push_back("socket:[" + std::to_string(inode) + "]=" + std::to_string(target));
   }
-  start = Clock::now();
-  BeginPhase(progress, "restore");
+  if (!stream) BeginPhase(progress, "restore");
   auto restored = supervisor_.StartRestored(caller, job, monitor_args, monitor_fds);
   theirs.clear();
+  if (stream) {
+    // CRIU is done: every file it asked for was fed or cut short. A chunk
+    // that failed verification is what made the restore fail.
+    auto served = stream->Finish();
+    if (!served) {
+      if (restored) {
+        LogWarn("restore succeeded without the chunks that failed",
+                {{"job", restored->name}, {"error", served.error().ToString()}});
+      } else {
+        return std::unexpected(
+            served.error().WithContext(context + " (run 'cryo verify " + m->id + "' for details)"));
+      }
+    }
+  }
   if (!restored) return std::unexpected(restored.error().WithContext(context));
-  phases["restore"] = MillisSince(start);
+  if (stream) {
+    // The two overlap: fetch is until the last chunk went to CRIU, restore
+    // the rest, until the job runs.
+    int64_t total = MillisSince(begin);
+    phases["fetch"] = std::min(stream->fed_ms(), total);
+    phases["restore"] = total - phases["fetch"];
+  } else {
+    phases["restore"] = MillisSince(start);
+  }
   if (participants_ && !ours.empty()) participants_->Restored(*restored, std::move(ours), m->id);
   phases["total"] = MillisSince(begin);
   LogInfo("job restored", {{"job", restored->name},
@@ -361,7 +413,8 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
                            {"fetch_ms", PhaseMs(phases, "fetch")},
                            {"restore_ms", PhaseMs(phases, "restore")},
                            {"total_ms", PhaseMs(phases, "total")},
-                           {"scratch", work->in_memory() ? "memory" : "disk"}});
+                           {"scratch", work->in_memory() ? "memory" : "disk"},
+                           {"images", stream ? "streamed" : "staged"}});
   return Restored{std::move(*restored), std::move(phases)};
 }
 

@@ -172,6 +172,7 @@ int RealMain(int argc, char** argv) {
   auto server = ControlServer::Listen(config->socket_path, **supervisor, checkpoints);
   if (!server) {
     LogError("cannot listen", {{"error", server.error().ToString()}});
+    (void)checkpoints.Quiesce();  // leaves no scratch behind
     return 1;
   }
   // The LD_PRELOAD shim of jobs talks to cryod on a socket next to the

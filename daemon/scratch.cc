@@ -72,6 +72,18 @@ WorkDir::WorkDir(WorkDir&& other) noexcept
       in_memory_(other.in_memory_),
       reserved_(std::exchange(other.reserved_, 0)) {}
 
+WorkDir& WorkDir::operator=(WorkDir&& other) noexcept {
+  if (this != &other) {
+    if (!path_.empty()) (void)RemoveTree(path_);
+    if (reserved_ > 0) owner_->Release(reserved_);
+    path_ = std::exchange(other.path_, "");
+    owner_ = other.owner_;
+    in_memory_ = other.in_memory_;
+    reserved_ = std::exchange(other.reserved_, 0);
+  }
+  return *this;
+}
+
 WorkDir::~WorkDir() {
   if (!path_.empty()) (void)RemoveTree(path_);
   if (reserved_ > 0) owner_->Release(reserved_);

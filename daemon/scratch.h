@@ -29,7 +29,7 @@ class ScratchSpace;
 class WorkDir {
  public:
   WorkDir(WorkDir&& other) noexcept;
-  WorkDir& operator=(WorkDir&&) = delete;
+  WorkDir& operator=(WorkDir&& other) noexcept;  // removes the directory held so far
   ~WorkDir();
   const std::string& path() const { return path_; }
   std::string images() const { return path_ + "/images"; }

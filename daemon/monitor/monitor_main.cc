@@ -10,7 +10,8 @@
 // drains the pipes, writes JOB_DIR/exit.json, removes the job's cgroup and
 // exits.
 //
-//   cryo-monitor JOB_DIR --restore IMAGES_DIR --criu CRIU [--stdout-key K] [--stderr-key K]
+//   cryo-monitor JOB_DIR --restore IMAGES_DIR --criu CRIU [--stream 1] [--stdout-key K]
+//   [--stderr-key K]
 //
 // brings a checkpointed job back instead: CRIU restores the tree as this
 // process's child (rst_sibling) into the job's cgroup, with fresh pipes in
@@ -149,6 +150,7 @@ bool Pump(int pipe_fd, LogStream stream, int log_fd) {
 struct Mode {
   std::string job_dir;
   std::string restore_images;  // empty: start the program fresh
+  bool stream = false;         // cryod serves the images there (image streamer)
   std::string criu;
   std::string stdout_key, stderr_key;
   // More inherit-fd replacements for a restore (the shim's API sockets):
@@ -192,7 +194,8 @@ pid_t StartJob(const Mode& mode, const JobRecord& job, const std::string& init_p
     inherit.insert(inherit.end(), mode.inherit.begin(), mode.inherit.end());
     auto pid = (*criu)->Restore({.images_dir = mode.restore_images,
                                  .inherit_fds = inherit,
-                                 .cgroup_procs = job.cgroup + "/cgroup.procs"});
+                                 .cgroup_procs = job.cgroup + "/cgroup.procs",
+                                 .stream = mode.stream});
     // The shim's sockets now live in the restored program; without our
     // copies, cryod sees the program's close as an end of file.
     for (const auto& [key, fd] : mode.inherit) UniqueFd{fd}.reset();
@@ -353,6 +356,8 @@ int main(int argc, char** argv) {
       mode.restore_images = argv[i + 1];
     } else if (flag == "--criu") {
       mode.criu = argv[i + 1];
+    } else if (flag == "--stream") {
+      mode.stream = std::string_view(argv[i + 1]) == "1";
     } else if (flag == "--stdout-key") {
       mode.stdout_key = argv[i + 1];
     } else if (flag == "--stderr-key") {

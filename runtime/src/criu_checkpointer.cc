@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -203,6 +204,7 @@ class CriuCheckpointer final : public Checkpointer {
   }
 
   Result<pid_t> Restore(const RestoreOptions& o) override {
+    if (o.stream) return RestoreFromStream(o);
     auto session = Session::Start(path_, o.inherit_fds, o.cgroup_procs);
     if (!session) return std::unexpected(session.error());
     criu_req req;
@@ -229,6 +231,54 @@ class CriuCheckpointer final : public Checkpointer {
   }
 
  private:
+  // The command-line equivalent of Restore's RPC request, with --stream.
+  Result<pid_t> RestoreFromStream(const RestoreOptions& o) {
+    const std::string& logs = LogDir(o.images_dir, o.work_dir);
+    std::string pidfile = logs + "/restore.pid";
+    std::vector<std::string> argv = {"criu",
+                                     "restore",
+                                     "--no-default-config",
+                                     "--stream",
+                                     "--images-dir",
+                                     o.images_dir,
+                                     "--work-dir",
+                                     logs,
+                                     "--log-file",
+                                     "restore.log",
+                                     "-v4",
+                                     "--restore-detached",
+                                     "--restore-sibling",
+                                     "--manage-cgroups=ignore",
+                                     "--pidfile",
+                                     pidfile};
+    if (o.tcp_established) {
+      argv.insert(argv.end(), {"--tcp-established", "--network-lock", "nftables"});
+    }
+    SpawnOptions spawn{
+        .path = path_, .argv = {}, .env = kCriuEnv, .fds = {}, .cgroup_procs = o.cgroup_procs};
+    int next = kFirstInheritFd;
+    for (const auto& [key, fd] : o.inherit_fds) {
+      argv.push_back("--inherit-fd");
+      argv.push_back("fd[" + std::to_string(next) + "]:" + key);
+      spawn.fds.push_back({next++, fd});
+    }
+    spawn.argv = std::move(argv);
+    auto child = Spawn(spawn);
+    if (!child) return std::unexpected(child.error().WithContext("start CRIU"));
+    int status = 0;
+    while (::waitpid(child->pid, &status, 0) < 0) {
+      if (errno != EINTR) return SysFail("wait for criu restore");
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      return Fail(ErrorKind::kFailedPrecondition,
+                  "criu restore failed" + LogExcerpt(logs + "/restore.log"));
+    }
+    auto text = ReadFileToString(pidfile);
+    pid_t pid = text ? static_cast<pid_t>(std::atoi(text->c_str())) : 0;
+    if (pid <= 0) return Fail(ErrorKind::kInternal, "criu restore left no pid in " + pidfile);
+    return pid;
+  }
+
   std::string path_;
   std::string version_;
 };

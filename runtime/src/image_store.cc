@@ -560,6 +560,39 @@ Status ValidateImageFiles(const std::vector<ImageFile>& files) {
   return {};
 }
 
+}  // namespace
+
+struct ChunkReader::State {
+  State(const Key& key, ChunkHash hash) : hasher(key, hash), dctx(ZSTD_createDCtx()) {}
+  ChunkHasher hasher;
+  ZstdDCtx dctx;
+  std::string buf;
+};
+
+ChunkReader::ChunkReader(Store& store, const Key& key, ChunkHash hash)
+    : store_(store), state_(std::make_unique<State>(key, hash)) {}
+ChunkReader::~ChunkReader() = default;
+
+Result<std::string_view> ChunkReader::Read(const ImageFile& file, size_t index) {
+  const ChunkRef& ref = file.chunks.at(index);
+  std::string what = "image " + file.name + ": chunk " + ShortHash(ref.hash);
+  auto stored = store_.Get(ChunkKey(ref.hash));
+  if (!stored) {
+    if (stored.error().kind() == ErrorKind::kNotFound)
+      return Fail(ErrorKind::kCorrupt, what + " is missing from " + store_.url());
+    return std::unexpected(stored.error().WithContext(what + " from " + store_.url()));
+  }
+  stored_ = std::move(*stored);
+  auto plain = DecodeChunk(state_->dctx.get(), stored_, ref.size, state_->buf);
+  if (!plain)
+    return Fail(ErrorKind::kCorrupt, what + " is corrupt (" + plain.error().message() + ")");
+  if (state_->hasher.Hash(*plain) != ref.hash)
+    return Fail(ErrorKind::kCorrupt, what + " is corrupt (hash mismatch)");
+  return *plain;
+}
+
+namespace {
+
 struct FetchTask {
   size_t file;
   size_t index;
@@ -580,24 +613,12 @@ Status FetchChunks(const std::vector<ImageFile>& files, ChunkHash hash, Store& s
       offset += files[f].chunks[i].size;
     }
   }
-  ChunkHasher hasher(key, hash);
   std::atomic<size_t> next{0};
   FirstError errors;
-  auto fetch_one = [&](const FetchTask& task, ZSTD_DCtx* dctx, std::string& buf) -> Status {
+  auto fetch_one = [&](const FetchTask& task, ChunkReader& reader) -> Status {
     const ImageFile& file = files[task.file];
-    const ChunkRef& ref = file.chunks[task.index];
-    std::string what = "image " + file.name + ": chunk " + ShortHash(ref.hash);
-    auto stored = store.Get(ChunkKey(ref.hash));
-    if (!stored) {
-      if (stored.error().kind() == ErrorKind::kNotFound)
-        return Fail(ErrorKind::kCorrupt, what + " is missing from " + store.url());
-      return std::unexpected(stored.error().WithContext(what + " from " + store.url()));
-    }
-    auto plain = DecodeChunk(dctx, *stored, ref.size, buf);
-    if (!plain)
-      return Fail(ErrorKind::kCorrupt, what + " is corrupt (" + plain.error().message() + ")");
-    if (hasher.Hash(*plain) != ref.hash)
-      return Fail(ErrorKind::kCorrupt, what + " is corrupt (hash mismatch)");
+    auto plain = reader.Read(file, task.index);
+    if (!plain) return std::unexpected(plain.error());
     // The files were sized beforehand: zero chunks stay holes.
     bool zero = IsAllZero(reinterpret_cast<const unsigned char*>(plain->data()), plain->size());
     if (fds != nullptr && !zero) {
@@ -607,12 +628,11 @@ Status FetchChunks(const std::vector<ImageFile>& files, ChunkHash hash, Store& s
     return {};
   };
   auto work = [&] {
-    ZstdDCtx dctx(ZSTD_createDCtx());
-    std::string buf;
+    ChunkReader reader(store, key, hash);
     while (!errors.failed()) {
       size_t t = next.fetch_add(1);
       if (t >= tasks.size()) break;
-      if (auto s = fetch_one(tasks[t], dctx.get(), buf); !s) {
+      if (auto s = fetch_one(tasks[t], reader); !s) {
         errors.Set(t, s.error());
       } else if (progress) {
         progress(files[tasks[t].file].chunks[tasks[t].index].size);

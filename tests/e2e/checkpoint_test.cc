@@ -512,6 +512,10 @@ TEST(Checkpoint, ImagesAreStagedInPrivateMemoryAndRemovedAfterwards) {
   long last = Numbers(Logs(d, "c"), "count").back();
   RestoreDetached(d, "c");
   EXPECT_EQ(LoggedScratch(d, "job restored"), "memory");
+  // The restore read its images from cryod's stream, not from files.
+  EXPECT_TRUE(
+      std::regex_search(d.DaemonLog(), std::regex("msg=\"job restored\".* images=streamed")))
+      << d.DaemonLog();
   EXPECT_TRUE(std::filesystem::is_empty(memory));
   ExpectContinued(d, "c", "count", last);
 }

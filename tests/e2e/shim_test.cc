@@ -53,7 +53,9 @@ std::vector<std::string> PythonArgv(const std::string& marker) {
           "signal.signal(signal.SIGTERM, on_term)\n"
           "n = 0\n"
           "while True:\n"
-          "    print('tick', n)\n"
+          // One write per line: print() writes 'tick', ' ', n and '\n'
+          // apart, and a checkpoint between them splits a line in two logs.
+          "    sys.stdout.write('tick %d\\n' % n)\n"
           "    n += 1\n"
           "    time.sleep(0.02)\n",
           marker};

@@ -39,6 +39,10 @@ struct RestoreOptions {
   // restored tree lands there; CRIU itself does not manage cgroups.
   std::string cgroup_procs;
   bool tcp_established = true;
+  // CRIU reads the images from an image streamer listening in images_dir
+  // (cryo/image_streamer.h) instead of files. CRIU 4.2 streams only from its
+  // command line, so this runs `criu restore` rather than swrk.
+  bool stream = false;
 };
 
 // Called at CRIU's post-dump notification: the images are complete and the

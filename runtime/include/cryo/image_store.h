@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -144,6 +145,25 @@ Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store,
 // chunk.
 Status FetchImages(const std::vector<ImageFile>& files, ChunkHash hash, Store& store,
                    const Key& key, const std::string& dir, const ImageProgress& progress = {});
+// Reads chunks of a checkpoint's files one at a time, each verified against
+// its name before it is returned. One per thread.
+class ChunkReader {
+ public:
+  ChunkReader(Store& store, const Key& key, ChunkHash hash);
+  ~ChunkReader();
+  ChunkReader(const ChunkReader&) = delete;
+  ChunkReader& operator=(const ChunkReader&) = delete;
+  // The plaintext of chunk `index` of `file` (valid until the next Read).
+  // Errors name the file and the chunk; damage is kCorrupt.
+  Result<std::string_view> Read(const ImageFile& file, size_t index);
+
+ private:
+  struct State;
+  Store& store_;
+  std::unique_ptr<State> state_;
+  std::string stored_;
+};
+
 // Reads and verifies every chunk of `files` without writing anything.
 Status VerifyImages(const std::vector<ImageFile>& files, ChunkHash hash, Store& store,
                     const Key& key);
