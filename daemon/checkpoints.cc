@@ -211,6 +211,10 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
                               commit);
   if (!dumped || !stop) resume(dumped ? 0 : EIO, dumped ? m.id : "");
   if (!dumped) {
+    // CRIU thaws the job when a dump fails, unless it died itself.
+    if (auto thawed = ThawIfFrozen(job->cgroup); thawed && *thawed) {
+      LogWarn("thawed a job a failed dump left frozen", {{"job", job->name}});
+    }
     LogWarn("checkpoint failed", {{"job", job->name}, {"error", dumped.error().ToString()}});
     return std::unexpected(dumped.error().WithContext(context));
   }

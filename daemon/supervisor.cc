@@ -170,14 +170,11 @@ void Supervisor::RecoverFromInterruptedCheckpoint(JobRecord& job) {
     if (auto s = table_.Save(job); !s)
       LogError("cannot save job record", {{"error", s.error().ToString()}});
   }
-  auto cgroup = Cgroup::Adopt(job.cgroup);
-  if (!cgroup) return;
-  if (auto frozen = cgroup->IsFrozen(); frozen && *frozen) {
-    LogWarn("thawing a job left frozen by an interrupted checkpoint", {{"job", job.name}});
-    if (auto s = cgroup->Thaw(); !s)
-      LogError("cannot thaw job", {{"job", job.name}, {"error", s.error().ToString()}});
+  if (auto thawed = ThawIfFrozen(job.cgroup); !thawed) {
+    LogError("cannot thaw job", {{"job", job.name}, {"error", thawed.error().ToString()}});
+  } else if (*thawed) {
+    LogWarn("thawed a job left frozen by an interrupted checkpoint", {{"job", job.name}});
   }
-  (void)cgroup->Release();  // the monitor owns it
 }
 
 void Supervisor::MarkLost(JobRecord& job) {

@@ -122,6 +122,17 @@ Status Cgroup::KillAndRemove() {
   return Remove();
 }
 
+Result<bool> ThawIfFrozen(const std::string& path) {
+  auto cgroup = Cgroup::Adopt(path);
+  if (!cgroup) return std::unexpected(cgroup.error());
+  auto frozen = cgroup->IsFrozen();
+  Status thawed = frozen && *frozen ? cgroup->Thaw() : Status{};
+  (void)cgroup->Release();  // not ours to remove
+  if (!frozen) return std::unexpected(frozen.error());
+  if (!thawed) return std::unexpected(thawed.error());
+  return *frozen;
+}
+
 std::string Cgroup::Release() { return std::exchange(path_, std::string()); }
 
 }  // namespace cryo

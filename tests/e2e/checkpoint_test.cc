@@ -480,6 +480,50 @@ TEST(Checkpoint, DaemonKilledDuringCheckpointsLosesNothingAndLeavesNothingFrozen
   EXPECT_EQ(ReadFileContents("/proc/" + std::to_string(pid) + "/comm"), "memory_hog\n");
 }
 
+// The pid of a process named `comm` whose parent is `parent` (0 if none).
+pid_t ChildNamed(pid_t parent, const std::string& comm) {
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream status(entry.path() / "status");
+    std::string line, got_comm;
+    pid_t ppid = 0;
+    while (std::getline(status, line)) {
+      if (line.starts_with("Name:\t")) got_comm = line.substr(6);
+      if (line.starts_with("PPid:\t")) ppid = std::stoi(line.substr(6));
+    }
+    if (got_comm == comm && ppid == parent) return std::stoi(name);
+  }
+  return 0;
+}
+
+// CRIU itself dies in the middle of a dump (OOM killer, a bug): the job
+// must not stay frozen until cryod restarts, and nothing is published.
+TEST(Checkpoint, CriuDyingMidDumpLeavesTheJobRunningAndThawed) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "k", "--", TestProgram("memory_hog"), "512"}).exit_code,
+            0);
+  ASSERT_TRUE(WaitForOutput(d, "k", "ready"));
+  std::string cgroup = "/sys/fs/cgroup/freezer/cryo/" + d.Job("k")["id"].get<std::string>();
+  BackgroundCommand ck(d.CryoArgv({"checkpoint", "k"}), d.WithSocket({}));
+  pid_t criu = 0;
+  ASSERT_TRUE(WaitUntil([&] {
+    // Once the job is frozen CRIU is well into the dump.
+    if (!ReadFileContents(cgroup + "/freezer.state").starts_with("FROZEN")) return false;
+    return (criu = ChildNamed(d.pid(), "criu")) != 0;
+  })) << "never saw CRIU dumping";
+  ASSERT_EQ(kill(criu, SIGKILL), 0);
+  auto r = ck.Finish(seconds(30));
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  EXPECT_TRUE(ReadFileContents(cgroup + "/freezer.state").starts_with("THAWED"))
+      << ReadFileContents(cgroup + "/freezer.state") << d.DaemonLog();
+  EXPECT_EQ(d.Job("k")["state"], "running");
+  auto list = nlohmann::json::parse(d.Cryo({"checkpoints", "--json", "k"}).out);
+  EXPECT_EQ(list.size(), 0u) << list.dump();
+  // The job is whole: it can be checkpointed again.
+  EXPECT_FALSE(CheckpointJson(d, "k").is_null()) << d.DaemonLog();
+}
+
 // The scratch directory an operation logged ("" if none).
 std::string LoggedScratch(const Cryod& d, const std::string& message) {
   std::string log = d.DaemonLog();

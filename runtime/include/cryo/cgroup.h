@@ -17,6 +17,10 @@ namespace cryo {
 // Every process in the cgroup directory `path`.
 Result<std::vector<pid_t>> CgroupPids(const std::string& path);
 
+// Thaws the job cgroup at `path` if it is frozen; returns whether it was.
+// Leaves the directory alone.
+Result<bool> ThawIfFrozen(const std::string& path);
+
 class Cgroup {
  public:
   enum class Version { kV1Freezer, kV2 };
