@@ -2,6 +2,7 @@
 #include "checkpoints.h"
 
 #include <linux/capability.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -197,9 +198,13 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   auto start = Clock::now();
   BeginPhase(progress, "dump", 0, [dir = work->images()] { return DirectoryBytes(dir); });
   Status stored;
+  bool published_in_commit = false;
   auto commit = [&]() -> Status {
     m.phases["dump"] = MillisSince(start);
-    if (stop) stored = Publish(m, work->images(), progress);
+    if (stop) {
+      stored = Publish(m, work->images(), progress);
+      published_in_commit = stored.has_value();
+    }
     return stored;
   };
   auto dumped = (*criu)->Dump({.pid = job->init_pid,
@@ -209,6 +214,17 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
                                .leave_running = !stop,
                                .external = external},
                               commit);
+  if (!dumped && published_in_commit) {
+    // CRIU died after the --stop checkpoint was durable but before it ended
+    // the job: end it as CRIU would have, or two copies of it would diverge.
+    LogWarn("CRIU failed after the checkpoint was stored; ending the job as --stop asked",
+            {{"job", job->name}, {"id", m.id}, {"error", dumped.error().ToString()}});
+    if (auto pids = CgroupPids(job->cgroup)) {
+      for (pid_t pid : *pids) ::kill(pid, SIGKILL);
+    }
+    (void)ThawIfFrozen(job->cgroup);  // a frozen task dies only once thawed
+    dumped = {};
+  }
   if (!dumped || !stop) resume(dumped ? 0 : EIO, dumped ? m.id : "");
   if (!dumped) {
     // CRIU thaws the job when a dump fails, unless it died itself.
@@ -391,13 +407,15 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
     // that failed verification is what made the restore fail.
     auto served = stream->Finish();
     if (!served) {
+      // CRIU may have taken a file cut short at a record boundary for a
+      // whole one: a restored job that lacks part of its images must not run.
       if (restored) {
-        LogWarn("restore succeeded without the chunks that failed",
+        LogWarn("ending a job restored without the chunks that failed",
                 {{"job", restored->name}, {"error", served.error().ToString()}});
-      } else {
-        return std::unexpected(
-            served.error().WithContext(context + " (run 'cryo verify " + m->id + "' for details)"));
+        (void)supervisor_.Remove(caller, restored->name, /*force=*/true);
       }
+      return std::unexpected(
+          served.error().WithContext(context + " (run 'cryo verify " + m->id + "' for details)"));
     }
   }
   if (!restored) return std::unexpected(restored.error().WithContext(context));

@@ -524,6 +524,34 @@ TEST(Checkpoint, CriuDyingMidDumpLeavesTheJobRunningAndThawed) {
   EXPECT_FALSE(CheckpointJson(d, "k").is_null()) << d.DaemonLog();
 }
 
+// CRIU dies while a --stop checkpoint is being stored, the job still frozen:
+// the checkpoint is durable, so the job must end as --stop asked, not run on
+// beside the checkpoint that was meant to be its last.
+TEST(Checkpoint, CriuDyingAfterAStopCheckpointIsStoredStillEndsTheJob) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "k", "--", TestProgram("memory_hog"), "512"}).exit_code,
+            0);
+  ASSERT_TRUE(WaitForOutput(d, "k", "ready"));
+  BackgroundCommand ck(d.CryoArgv({"checkpoint", "--stop", "k"}), d.WithSocket({}));
+  // Chunks appear only once the dump is complete and storing has begun.
+  pid_t criu = 0;
+  ASSERT_TRUE(WaitUntil([&] {
+    std::error_code ec;
+    if (!std::filesystem::exists(StoreDir(d) + "/chunks", ec) ||
+        std::filesystem::is_empty(StoreDir(d) + "/chunks", ec))
+      return false;
+    return (criu = ChildNamed(d.pid(), "criu")) != 0;
+  })) << "never saw the store phase";
+  ASSERT_EQ(kill(criu, SIGKILL), 0);
+  auto r = ck.Finish(seconds(60));
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err << d.DaemonLog();
+  EXPECT_TRUE(WaitUntil([&] { return d.Job("k")["state"] == "checkpointed"; }))
+      << d.Job("k").dump();
+  EXPECT_EQ(d.Cryo({"verify", "k@latest"}).exit_code, 0);
+  RestoreDetached(d, "k");
+  EXPECT_EQ(d.Job("k")["state"], "running");
+}
+
 // The scratch directory an operation logged ("" if none).
 std::string LoggedScratch(const Cryod& d, const std::string& message) {
   std::string log = d.DaemonLog();
