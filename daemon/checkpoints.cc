@@ -496,24 +496,36 @@ Result<Manifest> CheckpointService::Remove(const Caller& caller, std::string_vie
   return m;
 }
 
-Result<uint64_t> CheckpointService::RemoveTornChunks() {
-  std::unique_lock store_lock(store_mu_);
-  std::set<std::string> referenced;
+Result<CheckpointService::Referenced> CheckpointService::ReferencedChunks(bool strict) {
+  Referenced out;
   auto manifests = store_->List("manifests/");
   if (!manifests) return std::unexpected(manifests.error());
   for (const auto& key : *manifests) {
     auto data = store_->Get(key);
     auto m = data ? DecodeManifest(*data, key_) : std::unexpected(data.error());
-    if (!m) continue;  // its chunks get checked as unreferenced: safe
+    if (!m) {
+      if (!strict) continue;
+      return Fail(ErrorKind::kCorrupt, key + " in " + store_->url() + " cannot be read (" +
+                                           m.error().ToString() + "); remove or repair it first");
+    }
+    ++out.manifests;
     for (const auto& f : m->files) {
-      for (const auto& c : f.chunks) referenced.insert(ChunkKey(c.hash));
+      for (const auto& c : f.chunks) out.chunk_keys.insert(ChunkKey(c.hash));
     }
   }
+  return out;
+}
+
+Result<uint64_t> CheckpointService::RemoveTornChunks() {
+  std::unique_lock store_lock(store_mu_);
+  // An unreadable manifest's chunks get checked as unreferenced: safe.
+  auto referenced = ReferencedChunks(/*strict=*/false);
+  if (!referenced) return std::unexpected(referenced.error());
   auto chunks = store_->List("chunks/");
   if (!chunks) return std::unexpected(chunks.error());
   uint64_t removed = 0;
   for (const auto& key : *chunks) {
-    if (referenced.contains(key)) continue;
+    if (referenced->chunk_keys.contains(key)) continue;
     std::string hash = key.substr(key.rfind('/') + 1);
     auto data = store_->Get(key);
     if (data && IsIntactChunk(hash, *data, key_)) continue;
@@ -534,26 +546,15 @@ Result<CheckpointService::GcStats> CheckpointService::CollectGarbage(const Calle
     return Fail(ErrorKind::kPermissionDenied, "gc sweeps every user's checkpoints; run it as root");
   }
   std::unique_lock store_lock(store_mu_);
+  // Refuses if a manifest cannot be read: its chunks would look unreferenced.
+  auto referenced = ReferencedChunks(/*strict=*/true);
+  if (!referenced) return std::unexpected(referenced.error().WithContext("gc"));
   GcStats stats;
-  std::set<std::string> referenced;
-  auto manifests = store_->List("manifests/");
-  if (!manifests) return std::unexpected(manifests.error());
-  for (const auto& key : *manifests) {
-    auto data = store_->Get(key);
-    auto m = data ? DecodeManifest(*data, key_) : std::unexpected(data.error());
-    if (!m) {
-      return Fail(ErrorKind::kCorrupt, "gc: " + key + " in " + store_->url() + " cannot be read (" +
-                                           m.error().ToString() + "); remove or repair it first");
-    }
-    ++stats.manifests;
-    for (const auto& f : m->files) {
-      for (const auto& c : f.chunks) referenced.insert(ChunkKey(c.hash));
-    }
-  }
+  stats.manifests = referenced->manifests;
   auto chunks = store_->List("chunks/");
   if (!chunks) return std::unexpected(chunks.error());
   for (const auto& key : *chunks) {
-    if (referenced.contains(key)) {
+    if (referenced->chunk_keys.contains(key)) {
       ++stats.chunks_kept;
       continue;
     }

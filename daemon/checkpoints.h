@@ -10,6 +10,7 @@
 #pragma once
 
 #include <memory>
+#include <set>
 #include <shared_mutex>
 #include <string>
 #include <vector>
@@ -112,6 +113,13 @@ class CheckpointService {
   // Loads and authenticates the manifest REF names, if the caller may see it.
   Result<Manifest> Resolve(const Caller& caller, std::string_view ref);
   Status Publish(Manifest& manifest, const std::string& images_dir, ProgressMeter* progress);
+  struct Referenced {
+    std::set<std::string> chunk_keys;  // ChunkKey()s the manifests name
+    uint64_t manifests = 0;            // readable manifests
+  };
+  // What the store's manifests reference; with `strict`, an unreadable
+  // manifest is an error, else it is skipped. Caller holds store_mu_.
+  Result<Referenced> ReferencedChunks(bool strict);
 
   Supervisor& supervisor_;
   // Checkpoints, restores and the rest share the store; gc excludes them all

@@ -21,6 +21,7 @@
 
 #include "cryo/file_util.h"
 #include "fakes/memory_store.h"
+#include "image_test_data.h"
 #include "temp_dir.h"
 
 namespace cryo {
@@ -28,22 +29,6 @@ namespace {
 
 constexpr size_t kKiB = 1024;
 constexpr size_t kMiB = 1024 * kKiB;
-
-std::string RandomBytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string out(n, '\0');
-  for (size_t i = 0; i < n; i += 8) {
-    uint64_t v = rng();
-    std::memcpy(out.data() + i, &v, std::min<size_t>(8, n - i));
-  }
-  return out;
-}
-
-Key TestKey(unsigned char fill = 7) {
-  std::array<unsigned char, Key::kBytes> bytes;
-  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<unsigned char>(fill + i);
-  return Key::FromBytes(bytes);
-}
 
 void WriteOrDie(const std::string& path, std::string_view data) {
   ASSERT_TRUE(WriteFileAtomic(path, data).has_value()) << path;

@@ -20,26 +20,11 @@
 #include "cryo/file_util.h"
 #include "cryo/unique_fd.h"
 #include "fakes/memory_store.h"
+#include "image_test_data.h"
 #include "temp_dir.h"
 
 namespace cryo {
 namespace {
-
-std::string RandomBytes(size_t n, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::string out(n, '\0');
-  for (size_t i = 0; i < n; i += 8) {
-    uint64_t v = rng();
-    std::memcpy(out.data() + i, &v, std::min<size_t>(8, n - i));
-  }
-  return out;
-}
-
-Key TestKey() {
-  std::array<unsigned char, Key::kBytes> bytes{};
-  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<unsigned char>(3 * i + 1);
-  return Key::FromBytes(bytes);
-}
 
 // CRIU's side: one connection, requests, pipes.
 class FakeCriu {
