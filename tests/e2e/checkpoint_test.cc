@@ -505,21 +505,37 @@ TEST(Checkpoint, CriuDyingMidDumpLeavesTheJobRunningAndThawed) {
             0);
   ASSERT_TRUE(WaitForOutput(d, "k", "ready"));
   std::string cgroup = "/sys/fs/cgroup/freezer/cryo/" + d.Job("k")["id"].get<std::string>();
-  BackgroundCommand ck(d.CryoArgv({"checkpoint", "k"}), d.WithSocket({}));
-  pid_t criu = 0;
-  ASSERT_TRUE(WaitUntil([&] {
-    // Once the job is frozen CRIU is well into the dump.
-    if (!ReadFileContents(cgroup + "/freezer.state").starts_with("FROZEN")) return false;
-    return (criu = ChildNamed(d.pid(), "criu")) != 0;
-  })) << "never saw CRIU dumping";
-  ASSERT_EQ(kill(criu, SIGKILL), 0);
-  auto r = ck.Finish(seconds(30));
-  EXPECT_NE(r.exit_code, 0) << r.out;
+  // Catch CRIU while the job is frozen: find CRIU first, then watch the
+  // freezer closely. A dump can be over before we look (a loaded machine):
+  // then the checkpoint succeeded and we try again.
+  bool killed = false;
+  size_t completed = 0;  // attempts whose dump was over before we looked
+  for (int attempt = 0; attempt < 5 && !killed; ++attempt) {
+    BackgroundCommand ck(d.CryoArgv({"checkpoint", "k"}), d.WithSocket({}));
+    pid_t criu = 0;
+    ASSERT_TRUE(WaitUntil([&] { return (criu = ChildNamed(d.pid(), "criu")) != 0; }))
+        << "never saw CRIU";
+    auto deadline = std::chrono::steady_clock::now() + seconds(10);
+    while (std::chrono::steady_clock::now() < deadline && kill(criu, 0) == 0) {
+      if (ReadFileContents(cgroup + "/freezer.state").starts_with("FROZEN")) {
+        killed = kill(criu, SIGKILL) == 0;
+        break;
+      }
+    }
+    auto r = ck.Finish(seconds(30));
+    if (killed) {
+      EXPECT_NE(r.exit_code, 0) << r.out;
+    } else if (r.exit_code == 0) {
+      ++completed;
+    }
+  }
+  ASSERT_TRUE(killed) << "never caught CRIU with the job frozen";
   EXPECT_TRUE(ReadFileContents(cgroup + "/freezer.state").starts_with("THAWED"))
       << ReadFileContents(cgroup + "/freezer.state") << d.DaemonLog();
   EXPECT_EQ(d.Job("k")["state"], "running");
+  // Nothing of the failed checkpoint was published.
   auto list = nlohmann::json::parse(d.Cryo({"checkpoints", "--json", "k"}).out);
-  EXPECT_EQ(list.size(), 0u) << list.dump();
+  EXPECT_EQ(list.size(), completed) << list.dump();
   // The job is whole: it can be checkpointed again.
   EXPECT_FALSE(CheckpointJson(d, "k").is_null()) << d.DaemonLog();
 }
