@@ -31,6 +31,8 @@
 #include <unordered_set>
 #include <utility>
 
+#include "buffer_pool.h"
+#include "chunker.h"
 #include "cryo/file_util.h"
 #include "cryo/unique_fd.h"
 
@@ -39,99 +41,12 @@ namespace {
 
 using nlohmann::json;
 
-constexpr size_t kMinChunk = size_t{64} << 10;
-constexpr size_t kMaxChunk = size_t{1} << 20;
-// Normalized chunking (FastCDC): up to kNormalChunk bytes a cut needs 18 zero
-// bits, after that 17, which narrows the spread of sizes around the average
-// (~250 KiB on random data). Stronger normalisation (more bits apart) makes
-// the cut points depend on where a chunk starts rather than on content, and
-// chunking then takes many chunks to resynchronise after an insertion.
-// The bits are the top ones because bit k of a gear hash depends on the last
-// k+1 bytes only: the top bits see a window of ~50 bytes. The easy mask is a
-// subset of the hard one, so a cut point stays one when its chunk's start
-// moves.
-constexpr size_t kNormalChunk = size_t{160} << 10;
-constexpr uint64_t kMaskHard = ~uint64_t{0} << (64 - 18);
-constexpr uint64_t kMaskEasy = ~uint64_t{0} << (64 - 17);
-
-// The gear table is fixed (splitmix64 from a fixed seed), not derived from
-// the key: boundaries are a function of the content alone.
-constexpr std::array<uint64_t, 256> MakeGearTable() {
-  std::array<uint64_t, 256> table{};
-  uint64_t state = 0x6372796f67656172;  // "cryogear"
-  for (auto& entry : table) {
-    state += 0x9e3779b97f4a7c15;
-    uint64_t z = state;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111eb;
-    entry = z ^ (z >> 31);
-  }
-  return table;
-}
-constexpr std::array<uint64_t, 256> kGear = MakeGearTable();
-
 constexpr unsigned char kCodecRaw = 0;
 constexpr unsigned char kCodecZstd = 1;
 constexpr int kZstdLevel = 1;
 constexpr size_t kHashBytes = 32;
 constexpr size_t kHashHexChars = 2 * kHashBytes;
 constexpr std::string_view kManifestMagic = "cryo-manifest";
-
-// ---------------------------------------------------------------------------
-// Chunking
-
-bool IsAllZero(const unsigned char* p, size_t n) {
-  return n > 0 && p[0] == 0 && std::memcmp(p, p + 1, n - 1) == 0;
-}
-
-// A zero byte maps this gear hash to itself ((h << 1) + g0 == h for h = -g0),
-// and any 64 zero bytes lead to it. It matches neither mask, so a block of
-// zeros hashed from this state holds no cut and leaves the state as it was:
-// runs of zero pages, common in memory images, are skipped at memcmp speed.
-constexpr uint64_t kZeroRunHash = uint64_t{0} - kGear[0];
-static_assert((kZeroRunHash << 1) + kGear[0] == kZeroRunHash);
-static_assert((kZeroRunHash & kMaskEasy) != 0 && (kZeroRunHash & kMaskHard) != 0);
-constexpr size_t kZeroBlock = 4096;
-
-// Scans p[from, to) for a cut point under `mask`, updating the gear hash `h`.
-// Returns the chunk length (the cut's offset + 1), or 0 if there is none.
-inline size_t FindCut(const unsigned char* p, size_t from, size_t to, uint64_t mask, uint64_t& h) {
-  size_t i = from;
-  while (i < to) {
-    size_t block_end = std::min(to, i + kZeroBlock);
-    if (h == kZeroRunHash && IsAllZero(p + i, block_end - i)) {
-      i = block_end;
-      continue;
-    }
-    // Two bytes per step: h advances by one shift and one add per two bytes,
-    // which halves the loop's dependency chain; the odd position's hash is
-    // computed off that chain.
-    for (; i + 2 <= block_end; i += 2) {
-      uint64_t g0 = kGear[p[i]];
-      uint64_t g1 = kGear[p[i + 1]];
-      uint64_t h0 = (h << 1) + g0;
-      h = (h << 2) + ((g0 << 1) + g1);
-      if ((h0 & mask) == 0) return i + 1;
-      if ((h & mask) == 0) return i + 2;
-    }
-    for (; i < block_end; ++i) {
-      h = (h << 1) + kGear[p[i]];
-      if ((h & mask) == 0) return i + 1;
-    }
-  }
-  return 0;
-}
-
-// The length of the chunk that starts at p, of the n bytes left.
-size_t ChunkLength(const unsigned char* p, size_t n) {
-  if (n <= kMinChunk) return n;
-  size_t limit = std::min(n, kMaxChunk);
-  size_t normal = std::min(limit, kNormalChunk);
-  uint64_t h = 0;  // no cut can fall in the first kMinChunk bytes: skip them
-  if (size_t cut = FindCut(p, kMinChunk, normal, kMaskHard, h)) return cut;
-  if (size_t cut = FindCut(p, normal, limit, kMaskEasy, h)) return cut;
-  return limit;
-}
 
 // ---------------------------------------------------------------------------
 // Keys and hashes
@@ -298,39 +213,6 @@ Result<std::string_view> DecodeChunk(ZSTD_DCtx* dctx, std::string_view stored, u
 // ---------------------------------------------------------------------------
 // Files
 
-// Owns a read-only mapping of a whole file (none for an empty file).
-class MappedFile {
- public:
-  static Result<MappedFile> Open(const std::string& path) {
-    auto fd = OpenFile(path, O_RDONLY | O_NOFOLLOW);
-    if (!fd) return std::unexpected(fd.error());
-    struct stat st {};
-    if (::fstat(fd->get(), &st) != 0) return SysFail("stat " + path);
-    if (!S_ISREG(st.st_mode)) return Fail(ErrorKind::kInvalidArgument, path + " is not a file");
-    MappedFile file;
-    file.size_ = static_cast<size_t>(st.st_size);
-    if (file.size_ == 0) return file;
-    void* p = ::mmap(nullptr, file.size_, PROT_READ, MAP_PRIVATE, fd->get(), 0);
-    if (p == MAP_FAILED) return SysFail("mmap " + path);
-    file.data_ = static_cast<const char*>(p);
-    ::madvise(p, file.size_, MADV_SEQUENTIAL);
-    return file;
-  }
-  MappedFile(MappedFile&& other) noexcept
-      : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
-  MappedFile& operator=(MappedFile&&) = delete;
-  ~MappedFile() {
-    if (data_ != nullptr) ::munmap(const_cast<char*>(data_), size_);
-  }
-
-  std::string_view data() const { return {data_, size_}; }
-
- private:
-  MappedFile() = default;
-  const char* data_ = nullptr;
-  size_t size_ = 0;
-};
-
 // The names of the regular files in `dir` (not following symlinks), sorted.
 Result<std::vector<std::string>> ListRegularFiles(const std::string& dir) {
   std::unique_ptr<DIR, int (*)(DIR*)> d(::opendir(dir.c_str()), ::closedir);
@@ -396,6 +278,7 @@ class FirstError {
 
 struct ChunkTask {
   std::string_view data;
+  std::shared_ptr<char> buffer;  // holds `data`
   size_t file;
   size_t index;
   size_t order;  // position among all chunks of the call
@@ -409,7 +292,7 @@ class ChunkQueue {
   void Push(ChunkTask task) {
     std::unique_lock lock(mu_);
     not_full_.wait(lock, [&] { return items_.size() < capacity_; });
-    items_.push_back(task);
+    items_.push_back(std::move(task));
     not_empty_.notify_one();
   }
   // nullopt once the queue is closed and drained.
@@ -417,7 +300,7 @@ class ChunkQueue {
     std::unique_lock lock(mu_);
     not_empty_.wait(lock, [&] { return !items_.empty() || closed_; });
     if (items_.empty()) return std::nullopt;
-    ChunkTask task = items_.front();
+    ChunkTask task = std::move(items_.front());
     items_.pop_front();
     not_full_.notify_one();
     return task;
@@ -443,15 +326,25 @@ class ImageUploader {
                 const ImageProgress& progress)
       : store_(store), hasher_(key, hash), files_(files), progress_(progress) {}
 
-  // Cuts `data` (file number `file`) into chunks and queues them.
-  void Cut(size_t file, std::string_view data) {
-    const auto* p = reinterpret_cast<const unsigned char*>(data.data());
-    size_t index = 0;
-    for (size_t offset = 0; offset < data.size() && !errors_.failed(); ++index) {
-      size_t len = ChunkLength(p + offset, data.size() - offset);
-      queue_.Push({data.substr(offset, len), file, index, order_++});
+  // Cuts chunks of file number `file` from `window`, the file's bytes from
+  // the end of its last chunk so far, held by `buffer`, and queues them.
+  // Unless `last` (the window reaches the end of the file), stops where a cut
+  // could depend on bytes beyond the window. Returns the bytes it cut.
+  size_t Cut(size_t file, std::string_view window, const std::shared_ptr<char>& buffer, bool last) {
+    if (file != cut_file_) {
+      cut_file_ = file;
+      cut_index_ = 0;
+    }
+    const auto* p = reinterpret_cast<const unsigned char*>(window.data());
+    size_t offset = 0;
+    while (offset < window.size() && !errors_.failed()) {
+      size_t left = window.size() - offset;
+      if (!last && left < kMaxChunk) break;
+      size_t len = ChunkLength(p + offset, left);
+      queue_.Push({window.substr(offset, len), buffer, file, cut_index_++, order_++});
       offset += len;
     }
+    return offset;
   }
   // Records an error of the cutting thread (after those of chunks cut so far).
   void SetError(Error error) { errors_.Set(order_, std::move(error)); }
@@ -523,7 +416,10 @@ class ImageUploader {
   const ImageProgress& progress_;
   ChunkQueue queue_{4 * WorkerCount()};
   FirstError errors_;
-  size_t order_ = 0;  // used by the cutting thread only
+  // Used by the cutting thread only:
+  size_t order_ = 0;
+  size_t cut_file_ = SIZE_MAX;
+  size_t cut_index_ = 0;
   std::atomic<uint64_t> new_bytes_{0};
   std::atomic<uint64_t> new_chunks_{0};
   std::mutex mu_;  // guards the two below
@@ -531,6 +427,45 @@ class ImageUploader {
   std::unordered_set<std::string> seen_;
   std::vector<std::jthread> workers_;  // last: joined before the rest is destroyed
 };
+
+// Image files are read into buffers this many at a time: the one being cut,
+// the next, and those whose chunks the workers still hash.
+constexpr size_t kReadBuffers = 4;
+
+// Reads the image file at `path` (number `file`) into buffers of `buffers`
+// and cuts it into chunks for `uploader`; each buffer's last partial chunk
+// starts the next. Returns the file's size.
+Result<uint64_t> ReadAndCut(const std::string& path, size_t file, BufferPool& buffers,
+                            ImageUploader& uploader) {
+  auto fd = OpenFile(path, O_RDONLY | O_NOFOLLOW);
+  if (!fd) return std::unexpected(fd.error());
+  struct stat st {};
+  if (::fstat(fd->get(), &st) != 0) return SysFail("stat " + path);
+  if (!S_ISREG(st.st_mode)) return Fail(ErrorKind::kInvalidArgument, path + " is not a file");
+  const auto size = static_cast<uint64_t>(st.st_size);
+  std::shared_ptr<char> buffer = buffers.Take();
+  uint64_t offset = 0;  // of the buffer's first byte in the file
+  size_t have = 0;      // bytes in the buffer
+  for (;;) {
+    while (have < BufferPool::kBufferBytes && offset + have < size) {
+      size_t want = static_cast<size_t>(
+          std::min<uint64_t>(BufferPool::kBufferBytes - have, size - offset - have));
+      ssize_t n = ::pread(fd->get(), buffer.get() + have, want, static_cast<off_t>(offset + have));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return SysFail("read " + path);
+      if (n == 0) return Fail(ErrorKind::kInternal, path + " shrank while it was being stored");
+      have += static_cast<size_t>(n);
+    }
+    bool last = offset + have == size;
+    size_t cut = uploader.Cut(file, {buffer.get(), have}, buffer, last);
+    if (last || uploader.failed()) return size;
+    std::shared_ptr<char> next = buffers.Take();
+    std::memcpy(next.get(), buffer.get() + cut, have - cut);
+    offset += cut;
+    have -= cut;
+    buffer = std::move(next);
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Fetching and verifying
@@ -792,18 +727,16 @@ Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store,
   std::vector<ImageFile> files(names->size());
   for (size_t f = 0; f < files.size(); ++f) files[f].name = (*names)[f];
 
-  std::vector<MappedFile> mapped;  // declared first: outlives the workers that read it
+  BufferPool buffers(kReadBuffers);  // declared first: outlives the workers that read them
   ImageUploader uploader(store, key, hash, files, progress);
   uploader.Start();
   for (size_t f = 0; f < files.size() && !uploader.failed(); ++f) {
-    auto file = MappedFile::Open(dir + "/" + files[f].name);
-    if (!file) {
-      uploader.SetError(file.error());
+    auto size = ReadAndCut(dir + "/" + files[f].name, f, buffers, uploader);
+    if (!size) {
+      uploader.SetError(size.error());
       break;
     }
-    files[f].size = file->data().size();
-    mapped.push_back(std::move(*file));
-    uploader.Cut(f, mapped.back().data());
+    files[f].size = *size;
   }
   if (auto s = uploader.Finish(stats); !s) return std::unexpected(s.error());
   return files;

@@ -248,6 +248,31 @@ TEST_F(ImagesTest, StoreThenFetchRoundTripsEveryRegularFile) {
   EXPECT_EQ(ListDir(out.path()), names);
 }
 
+// Files are read a buffer (8 MiB) at a time: their chunks must be those of
+// the whole file, wherever the buffers end, and every byte must survive.
+TEST(StoreImagesTest, FilesLargerThanAReadBufferAreCutAsAWhole) {
+  TempDir images;
+  std::string data;
+  for (uint64_t i = 0; data.size() < 27 * kMiB; ++i) {
+    data += RandomBytes((i * 7919 + 1) % (3 * kMiB), i);
+    data += std::string((i * 104729) % (2 * kMiB), '\0');
+  }
+  data += RandomBytes(12345, 99);
+  WriteOrDie(images.Join("pages-1.img"), data);
+  MemoryStore store;
+  Key key = TestKey();
+  auto files = StoreImages(images.path(), store, key, nullptr);
+  ASSERT_TRUE(files.has_value()) << files.error().ToString();
+  ASSERT_EQ(files->size(), 1u);
+  std::vector<size_t> ends;
+  uint64_t end = 0;
+  for (const auto& chunk : (*files)[0].chunks) ends.push_back(end += chunk.size);
+  EXPECT_EQ(ends, ChunkBoundaries(data));
+  TempDir out;
+  ASSERT_TRUE(FetchImages(*files, kCurrentChunkHash, store, key, out.path()).has_value());
+  EXPECT_TRUE(ReadOrDie(out.Join("pages-1.img")) == data);
+}
+
 TEST_F(ImagesTest, ChunksAreStoredRawOrCompressed) {
   std::vector<ImageFile> files = StoreOrDie();
   auto random_chunk = store_.Get(PagesChunkKey(files));

@@ -85,7 +85,15 @@ Status FillTemp(int fd, const std::string& tmp, std::string_view data, bool sync
   // (too open) and must stay readable by the store's owner (too narrow).
   if (::fchmod(fd, 0600) != 0) return SysFail("chmod " + tmp);
   if (auto w = WriteAll(fd, data); !w) return std::unexpected(w.error().WithContext(tmp));
-  if (sync && ::fsync(fd) != 0) return SysFail("fsync " + tmp);
+  if (sync) {
+    if (::fsync(fd) != 0) return SysFail("fsync " + tmp);
+  } else {
+    // Start writing it back now, without waiting: the Flush that makes it
+    // durable then finds most of a checkpoint's chunks on disk already,
+    // rather than all of them still to write. Only a hint; errors surface
+    // at Flush.
+    (void)::sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+  }
   return {};
 }
 

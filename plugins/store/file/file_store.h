@@ -10,7 +10,9 @@
 //
 // Beyond the Store contract:
 // - Put and PutIfAbsent write a temp file and rename it into place, without
-//   fsync; Flush() is one syncfs() of the file system holding the root.
+//   fsync but with its writeback started (sync_file_range), so that disk
+//   writes overlap the caller's work; Flush() is one syncfs() of the file
+//   system holding the root.
 // - PutIfAbsent and CompareAndSwap are atomic against other threads and
 //   other processes using the same root (CompareAndSwap takes an flock on
 //   root/.lock and publishes with fsync of the file and its directory).
