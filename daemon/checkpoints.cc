@@ -403,19 +403,29 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
   auto restored = supervisor_.StartRestored(caller, job, monitor_args, monitor_fds);
   theirs.clear();
   if (stream) {
-    // CRIU is done: every file it asked for was fed or cut short. A chunk
-    // that failed verification is what made the restore fail.
+    // CRIU is done: every file it asked for was fed, or cut short by CRIU
+    // hanging up (no failure of the stream) or by the stream's failure.
     auto served = stream->Finish();
     if (!served) {
       // CRIU may have taken a file cut short at a record boundary for a
       // whole one: a restored job that lacks part of its images must not run.
       if (restored) {
-        LogWarn("ending a job restored without the chunks that failed",
+        LogWarn("ending a job restored from an image stream that failed",
                 {{"job", restored->name}, {"error", served.error().ToString()}});
         (void)supervisor_.Remove(caller, restored->name, /*force=*/true);
       }
+      // A chunk that failed its check (or could not be fetched) is what made
+      // CRIU fail; otherwise CRIU's own error says most, and ours follows.
+      if (stream->chunk_failed()) {
+        return std::unexpected(
+            served.error().WithContext(context + " (run 'cryo verify " + m->id + "' for details)"));
+      }
+      if (restored) return std::unexpected(served.error().WithContext(context));
+      const Error& criu = restored.error();
       return std::unexpected(
-          served.error().WithContext(context + " (run 'cryo verify " + m->id + "' for details)"));
+          Error(criu.kind(),
+                criu.ToString() + "\nthe image stream failed too: " + served.error().ToString())
+              .WithContext(context));
     }
   }
   if (!restored) return std::unexpected(restored.error().WithContext(context));

@@ -171,7 +171,10 @@ void Supervisor::RecoverFromInterruptedCheckpoint(JobRecord& job) {
       LogError("cannot save job record", {{"error", s.error().ToString()}});
   }
   if (auto thawed = ThawIfFrozen(job.cgroup); !thawed) {
-    LogError("cannot thaw job", {{"job", job.name}, {"error", thawed.error().ToString()}});
+    // No cgroup (any more) is nothing frozen: not worth an error.
+    if (thawed.error().kind() != ErrorKind::kNotFound) {
+      LogError("cannot thaw job", {{"job", job.name}, {"error", thawed.error().ToString()}});
+    }
   } else if (*thawed) {
     LogWarn("thawed a job left frozen by an interrupted checkpoint", {{"job", job.name}});
   }

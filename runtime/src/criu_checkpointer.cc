@@ -54,8 +54,12 @@ class Session {
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
       return SysFail("socketpair");
     UniqueFd ours(sv[0]), theirs(sv[1]);
+    // CRIU reads /etc/criu/default.conf and $HOME/.criu/default.conf (they
+    // could name action scripts or plugins, run as root) also for swrk, at
+    // start, unless told not to. swrk takes exactly one argument after it,
+    // the fd, so the option goes before "swrk" (criu/crtools.c, config.c).
     SpawnOptions spawn{.path = criu,
-                       .argv = {"criu", "swrk", std::to_string(kSwrkFd)},
+                       .argv = {"criu", "--no-default-config", "swrk", std::to_string(kSwrkFd)},
                        .env = kCriuEnv,
                        .fds = {{kSwrkFd, theirs.get()}},
                        .cgroup_procs = cgroup_procs};

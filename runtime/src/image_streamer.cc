@@ -3,20 +3,24 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <optional>
+#include <span>
+#include <system_error>
 #include <thread>
 
-#include "cryo/file_util.h"
 #include "cryo/unique_fd.h"
 
 namespace cryo {
@@ -51,55 +55,29 @@ std::optional<std::string> ParseRequest(std::string_view msg) {
   return std::nullopt;
 }
 
-// img_streamer_reply_entry{required bool exists = 1}, with its length.
+// The u32 in front of every message is in host byte order: CRIU writes and
+// reads it as a uint32_t as it is in memory (pb_write_one and pb_read_one in
+// criu/protobuf.c), and only ever talks to a streamer on the same machine.
+uint32_t DecodeLength(const char (&bytes)[4]) {
+  uint32_t len;
+  std::memcpy(&len, bytes, sizeof len);
+  return len;
+}
+
+// img_streamer_reply_entry{required bool exists = 1}, after its length.
 std::string Reply(bool exists) {
-  return std::string("\x02\x00\x00\x00\x08", 5) + (exists ? '\x01' : '\x00');
+  const char body[] = {'\x08', exists ? '\x01' : '\x00'};
+  uint32_t len = sizeof body;
+  std::string out(sizeof len, '\0');
+  std::memcpy(out.data(), &len, sizeof len);
+  out.append(body, sizeof body);
+  return out;
 }
 
-Status SendAll(int fd, std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return SysFail("send to CRIU");
-    }
-    data.remove_prefix(static_cast<size_t>(n));
-  }
-  return {};
-}
-
-// Reads exactly buf.size() bytes; false at a clean end of file before any.
-Result<bool> ReadExact(int fd, std::span<char> buf) {
-  auto n = ReadFull(fd, buf);
-  if (!n) return std::unexpected(n.error());
-  if (*n == 0) return false;
-  if (*n != buf.size()) return Fail(ErrorKind::kInternal, "CRIU's request was cut short");
-  return true;
-}
-
-// The pipe end CRIU passes with a one-byte payload.
-Result<UniqueFd> ReceivePipe(int sock) {
-  char dummy;
-  iovec iov{&dummy, 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  ssize_t n;
-  do {
-    n = ::recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
-  } while (n < 0 && errno == EINTR);
-  if (n < 0) return SysFail("receive a pipe from CRIU");
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  if (n != 1 || c == nullptr || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
-      c->cmsg_len != CMSG_LEN(sizeof(int))) {
-    return Fail(ErrorKind::kInternal, "CRIU sent no pipe after a file request");
-  }
-  int fd;
-  std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
-  return UniqueFd(fd);
+// Whether nobody reads the pipe whose write end `fd` is any more.
+bool ReaderGone(int fd) {
+  pollfd p{fd, POLLOUT, 0};
+  return ::poll(&p, 1, 0) == 1 && (p.revents & POLLERR) != 0;
 }
 
 class StreamServer final : public ImageStreamServer {
@@ -114,11 +92,12 @@ class StreamServer final : public ImageStreamServer {
         key_(key),
         progress_(std::move(progress)),
         start_(Clock::now()) {
-    serving_ = std::jthread([this] { Serve(); });
+    serving_ = std::jthread([this] { Serve(); });  // may throw std::system_error
   }
   ~StreamServer() override { (void)Finish(); }
 
   Status Finish() override {
+    stopped_ = true;
     uint64_t one = 1;
     (void)!::write(stop_.get(), &one, sizeof one);
     if (serving_.joinable()) serving_.join();
@@ -133,74 +112,251 @@ class StreamServer final : public ImageStreamServer {
     return {};
   }
 
+  bool chunk_failed() const override {
+    std::lock_guard lock(mu_);
+    return chunk_failed_;
+  }
+
   int64_t fed_ms() const override { return fed_ms_.load(); }
 
  private:
-  void SetError(Error e) {
+  // Keeps the first failure, but a chunk's failure over any other.
+  void SetError(Error e, bool chunk) {
     std::lock_guard lock(mu_);
-    if (!error_) error_ = std::move(e);
+    if (!error_ || (chunk && !chunk_failed_)) {
+      error_ = std::move(e);
+      chunk_failed_ = chunk;
+    }
   }
 
-  // Waits for `fd` to be readable; false once Finish() was called.
-  bool WaitReadable(int fd) {
-    pollfd p[2] = {{fd, POLLIN, 0}, {stop_.get(), POLLIN, 0}};
+  // Waits until `fd` has one of `events` (or an error, or a hang-up) or
+  // Finish() was called; false if the latter and `fd` is not ready, so that
+  // what CRIU sent or closed before Finish() is still seen.
+  bool Wait(int fd, short events) {
+    pollfd p[2] = {{fd, events, 0}, {stop_.get(), POLLIN, 0}};
     for (;;) {
       int r = ::poll(p, 2, -1);
-      if (r < 0 && errno == EINTR) continue;
-      return r > 0 && p[1].revents == 0;
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        return false;
+      }
+      if (p[0].revents != 0) return true;
+      if (p[1].revents != 0) return false;
     }
   }
+
+  // Every socket and pipe below is non-blocking, so that Finish() can
+  // interrupt any wait for CRIU: a blocked read or write could not be.
 
   void Serve() {
-    if (!WaitReadable(listener_.get())) return;
-    UniqueFd conn(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
-    if (!conn.valid()) {
-      SetError(SysFail("accept CRIU's image stream").error());
+    UniqueFd conn;
+    for (;;) {
+      conn.reset(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+      if (conn.valid()) break;
+      if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED) {
+        if (!Wait(listener_.get(), POLLIN)) return;
+        continue;
+      }
+      SetError(SysFail("accept CRIU's image stream").error(), false);
       return;
     }
-    while (WaitReadable(conn.get())) {
+    while (!stopped_) {
       auto more = ServeOne(conn.get());
-      if (!more) SetError(more.error());
+      if (!more) SetError(more.error(), false);
       if (!more || !*more) break;
     }
-    // CRIU is done asking; the feeders may still be writing.
+    // CRIU is done asking (or we hung up on it); the feeders may still be
+    // writing.
   }
 
-  // Answers one request; false when CRIU hung up.
+  // Reads exactly buf.size() bytes of CRIU's connection; false if CRIU hung
+  // up first (even mid-message: it was ended) or Finish() was called.
+  Result<bool> Read(int conn, std::span<char> buf) {
+    size_t got = 0;
+    while (got < buf.size()) {
+      ssize_t n = ::read(conn, buf.data() + got, buf.size() - got);
+      if (n > 0) {
+        got += static_cast<size_t>(n);
+      } else if (n == 0 || errno == ECONNRESET) {
+        return false;
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (!Wait(conn, POLLIN)) return false;
+      } else if (errno != EINTR) {
+        return SysFail("read CRIU's image request");
+      }
+    }
+    return true;
+  }
+
+  // Sends all of `data` to CRIU; false if CRIU hung up or Finish() was
+  // called.
+  Result<bool> Send(int conn, std::string_view data) {
+    while (!data.empty()) {
+      ssize_t n = ::send(conn, data.data(), data.size(), MSG_NOSIGNAL);
+      if (n >= 0) {
+        data.remove_prefix(static_cast<size_t>(n));
+      } else if (errno == EPIPE || errno == ECONNRESET) {
+        return false;
+      } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (!Wait(conn, POLLOUT)) return false;
+      } else if (errno != EINTR) {
+        return SysFail("send to CRIU");
+      }
+    }
+    return true;
+  }
+
+  // The write end of a pipe CRIU passes with a one-byte payload, made
+  // non-blocking. No fd (and no error) if CRIU hung up or Finish() was
+  // called; an error, with whatever came closed, for anything but one
+  // pipe's write end.
+  Result<UniqueFd> ReceivePipe(int conn) {
+    char dummy;
+    iovec iov{&dummy, 1};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    ssize_t n;
+    for (;;) {
+      n = ::recvmsg(conn, &msg, MSG_CMSG_CLOEXEC);
+      if (n >= 0) break;
+      if (errno == ECONNRESET) return UniqueFd();
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (!Wait(conn, POLLIN)) return UniqueFd();
+      } else if (errno != EINTR) {
+        return SysFail("receive a pipe from CRIU");
+      }
+    }
+    // Own whatever fds came first, so that every refusal below closes them.
+    std::vector<UniqueFd> fds;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      auto* data = reinterpret_cast<char*>(CMSG_DATA(c));
+      size_t room = static_cast<size_t>(control + msg.msg_controllen - data);
+      if (c->cmsg_len < CMSG_LEN(0)) break;
+      size_t count = std::min(c->cmsg_len - CMSG_LEN(0), room) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int fd;
+        std::memcpy(&fd, data + i * sizeof fd, sizeof fd);
+        fds.emplace_back(fd);
+      }
+    }
+    if (n == 0) return UniqueFd();  // CRIU hung up
+    if ((msg.msg_flags & MSG_CTRUNC) != 0) {
+      return Fail(ErrorKind::kInternal,
+                  "CRIU sent more than one pipe's fd after a file request (control data cut "
+                  "short)");
+    }
+    if (n != 1 || fds.size() != 1) {
+      return Fail(ErrorKind::kInternal, "CRIU sent no pipe after a file request");
+    }
+    UniqueFd pipe = std::move(fds[0]);
+    struct stat st {};
+    if (::fstat(pipe.get(), &st) != 0) return SysFail("fstat the pipe CRIU sent");
+    if (!S_ISFIFO(st.st_mode)) {
+      return Fail(ErrorKind::kInternal, "CRIU sent an fd that is not a pipe after a file request");
+    }
+    int flags = ::fcntl(pipe.get(), F_GETFL);
+    if (flags < 0) return SysFail("fcntl the pipe CRIU sent");
+    if ((flags & O_ACCMODE) != O_WRONLY) {
+      return Fail(ErrorKind::kInternal,
+                  "CRIU sent a pipe not open for writing (only) after a file request");
+    }
+    if (::fcntl(pipe.get(), F_SETFL, flags | O_NONBLOCK) != 0) {
+      return SysFail("make the pipe CRIU sent non-blocking");
+    }
+    return pipe;
+  }
+
+  // Answers one request; false when CRIU hung up or Finish() was called.
   Result<bool> ServeOne(int conn) {
     char len_bytes[4];
-    auto got = ReadExact(conn, len_bytes);
-    if (!got) return std::unexpected(got.error());
-    if (!*got) return false;
-    uint32_t len = 0;
-    for (int i = 3; i >= 0; --i) len = (len << 8) | static_cast<unsigned char>(len_bytes[i]);
+    auto got = Read(conn, len_bytes);
+    if (!got || !*got) return got;
+    uint32_t len = DecodeLength(len_bytes);
     if (len == 0 || len > kMaxRequest) {
       return Fail(ErrorKind::kInternal, "CRIU sent a malformed image request");
     }
     std::string msg(len, '\0');
-    auto body = ReadExact(conn, msg);
-    if (!body) return std::unexpected(body.error());
-    if (!*body) return Fail(ErrorKind::kInternal, "CRIU's request was cut short");
+    got = Read(conn, msg);
+    if (!got || !*got) return got;
     auto name = ParseRequest(msg);
     if (!name) return Fail(ErrorKind::kInternal, "CRIU sent a malformed image request");
     const ImageFile* file = nullptr;
     for (const auto& f : files_) {
       if (f.name == *name) file = &f;
     }
-    if (auto s = SendAll(conn, Reply(file != nullptr)); !s) return std::unexpected(s.error());
+    auto sent = Send(conn, Reply(file != nullptr));
+    if (!sent || !*sent) return sent;
     if (file == nullptr) return true;  // an optional image this checkpoint lacks
     auto pipe = ReceivePipe(conn);
     if (!pipe) return std::unexpected(pipe.error());
-    std::lock_guard lock(mu_);
-    ++pending_;
-    feeders_.emplace_back([this, file, fd = std::move(*pipe)]() mutable {
-      Feed(*file, std::move(fd));
-      std::lock_guard l(mu_);
-      if (--pending_ == 0) {
-        fed_ms_ =
-            std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start_).count();
+    if (!pipe->valid()) return false;
+    return StartFeeder(*file, std::move(*pipe));
+  }
+
+  // A thread of its own feeds `file` into `pipe`. If none can be started,
+  // the pipe is closed (CRIU sees the file end at once) and the error
+  // returned makes us hang up.
+  Result<bool> StartFeeder(const ImageFile& file, UniqueFd pipe) {
+    {
+      std::lock_guard lock(mu_);
+      ++pending_;
+    }
+    try {
+      std::jthread feeder([this, &file, fd = std::move(pipe)]() mutable {
+        // A write to a pipe CRIU closed fails with EPIPE; SIGPIPE, which
+        // would end the process unless ignored, stays pending for this
+        // thread and goes with it.
+        sigset_t pipe_signal;
+        sigemptyset(&pipe_signal);
+        sigaddset(&pipe_signal, SIGPIPE);
+        ::pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
+        Feed(file, std::move(fd));
+        std::lock_guard l(mu_);
+        if (--pending_ == 0) {
+          fed_ms_ =
+              std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start_).count();
+        }
+      });
+      std::lock_guard lock(mu_);
+      feeders_.push_back(std::move(feeder));
+    } catch (const std::system_error& e) {
+      std::lock_guard lock(mu_);
+      --pending_;
+      return SysFail("cannot start a thread to feed image " + file.name + " to CRIU",
+                     e.code().value());
+    }
+    return true;
+  }
+
+  // Writes `data` to CRIU's pipe; false if CRIU closed it (it failed, or
+  // needs no more of the file). Fails if Finish() is called while CRIU
+  // neither reads nor closes it.
+  Result<bool> WriteToCriu(const ImageFile& file, int pipe, std::string_view data) {
+    while (!data.empty()) {
+      if (stopped_) {
+        if (ReaderGone(pipe)) return false;
+        return Fail(ErrorKind::kUnavailable,
+                    "image " + file.name +
+                        ": the stream was stopped before CRIU read all of it (CRIU neither read "
+                        "nor closed its pipe)");
       }
-    });
+      ssize_t n = ::write(pipe, data.data(), data.size());
+      if (n >= 0) {
+        data.remove_prefix(static_cast<size_t>(n));
+      } else if (errno == EPIPE) {
+        return false;
+      } else if (errno == EAGAIN) {
+        // Woken by CRIU reading or closing, or by Finish(): the loop's start tells.
+        if (!Wait(pipe, POLLOUT) && !stopped_) return SysFail("poll CRIU's pipe");
+      } else if (errno != EINTR) {
+        return SysFail("write image " + file.name + " to CRIU");
+      }
+    }
     return true;
   }
 
@@ -230,13 +386,21 @@ class StreamServer final : public ImageStreamServer {
         changed.notify_all();
       }
     };
-    std::vector<std::jthread> fetchers;
-    for (size_t f = 0; f < std::min<size_t>(kFetchers, n); ++f) fetchers.emplace_back(fetch);
     auto halt = [&] {
       std::lock_guard lock(mu);
       stop = true;
       changed.notify_all();
     };
+    std::vector<std::jthread> fetchers;  // last: joined before the rest goes
+    try {
+      for (size_t f = 0; f < std::min<size_t>(kFetchers, n); ++f) fetchers.emplace_back(fetch);
+    } catch (const std::system_error& e) {
+      // Nothing written: CRIU sees the file end at once.
+      SetError(
+          SysFail("cannot start a thread to fetch image " + file.name, e.code().value()).error(),
+          false);
+      return halt();
+    }
     for (size_t i = 0; i < n; ++i) {
       Result<std::string> chunk;
       {
@@ -249,28 +413,29 @@ class StreamServer final : public ImageStreamServer {
       }
       if (!chunk) {
         // Ends the file early: CRIU's restore fails on it.
-        SetError(chunk.error());
+        SetError(chunk.error(), true);
         return halt();
       }
-      if (auto s = WriteAll(pipe.get(), *chunk); !s) {
-        // CRIU stopped reading this file (it failed, or needs no more).
-        return halt();
-      }
+      auto sent = WriteToCriu(file, pipe.get(), *chunk);
+      if (!sent) SetError(sent.error(), false);
+      if (!sent || !*sent) return halt();
       if (progress_) progress_(chunk->size());
     }
   }
 
   UniqueFd listener_;
-  UniqueFd stop_;
+  UniqueFd stop_;  // an eventfd, readable once Finish() was called
   const std::vector<ImageFile>& files_;
   const ChunkHash hash_;
   Store& store_;
   const Key& key_;
   const ImageProgress progress_;
   const Clock::time_point start_;
+  std::atomic<bool> stopped_{false};  // set by Finish() before stop_
   std::atomic<int64_t> fed_ms_{0};
-  std::mutex mu_;  // guards the three below
+  mutable std::mutex mu_;  // guards the four below
   std::optional<Error> error_;
+  bool chunk_failed_ = false;
   std::vector<std::jthread> feeders_;
   int pending_ = 0;
   std::jthread serving_;  // last: stopped before the rest goes
@@ -288,7 +453,7 @@ Result<std::unique_ptr<ImageStreamServer>> ImageStreamServer::Listen(
     return Fail(ErrorKind::kInvalidArgument, "image stream socket path too long: " + path);
   }
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  UniqueFd sock(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  UniqueFd sock(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!sock.valid()) return SysFail("socket");
   ::unlink(path.c_str());
   if (::bind(sock.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
@@ -297,8 +462,12 @@ Result<std::unique_ptr<ImageStreamServer>> ImageStreamServer::Listen(
   if (::listen(sock.get(), 1) != 0) return SysFail("listen " + path);
   UniqueFd stop(::eventfd(0, EFD_CLOEXEC));
   if (!stop.valid()) return SysFail("eventfd");
-  return std::make_unique<StreamServer>(std::move(sock), std::move(stop), files, hash, store, key,
-                                        std::move(progress));
+  try {
+    return std::make_unique<StreamServer>(std::move(sock), std::move(stop), files, hash, store, key,
+                                          std::move(progress));
+  } catch (const std::system_error& e) {
+    return SysFail("cannot start the thread serving the image stream", e.code().value());
+  }
 }
 
 }  // namespace cryo

@@ -7,15 +7,20 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <fstream>
+#include <future>
 #include <random>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "cryo/file_util.h"
 #include "cryo/unique_fd.h"
@@ -37,60 +42,116 @@ class FakeCriu {
     connected_ = ::connect(sock_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
   }
   bool connected() const { return connected_; }
+  int fd() const { return sock_.get(); }
 
-  // Sends a raw request message (already encoded) with its length.
+  // Sends a raw request message (already encoded) with its length, in host
+  // byte order as CRIU writes it.
   void SendRaw(const std::string& msg) {
     uint32_t len = static_cast<uint32_t>(msg.size());
-    std::string out(reinterpret_cast<const char*>(&len), 4);  // little-endian here
+    std::string out(reinterpret_cast<const char*>(&len), sizeof len);
     out += msg;
     ASSERT_TRUE(WriteAll(sock_.get(), out).has_value());
   }
-  // Asks for `name`: its contents, or nullopt if the server says it has none.
-  std::optional<std::string> Get(const std::string& name) {
-    std::string msg = "\x0a" + std::string(1, static_cast<char>(name.size())) + name;
-    SendRaw(msg);
+  // Sends `bytes` as they are.
+  void SendBytes(const std::string& bytes) {
+    ASSERT_TRUE(WriteAll(sock_.get(), bytes).has_value());
+  }
+  static std::string Encode(const std::string& name) {
+    return "\x0a" + std::string(1, static_cast<char>(name.size())) + name;
+  }
+  // Asks for `name` and reads the answer: whether the server has it.
+  std::optional<bool> Ask(const std::string& name) {
+    SendRaw(Encode(name));
     char reply[6];
     if (ReadFull(sock_.get(), reply).value_or(0) != sizeof reply) {
       ADD_FAILURE() << "no reply";
       return std::nullopt;
     }
-    EXPECT_EQ(std::string(reply, 5), std::string("\x02\x00\x00\x00\x08", 5));
-    if (reply[5] == 0) return std::nullopt;
+    uint32_t len;
+    std::memcpy(&len, reply, sizeof len);  // host byte order, as CRIU reads it
+    EXPECT_EQ(len, 2u);
+    EXPECT_EQ(reply[4], '\x08');
+    return reply[5] != 0;
+  }
+  // Asks for `name` and passes a fresh pipe's write end: the read end, or
+  // an invalid fd if the server has no such file.
+  UniqueFd Open(const std::string& name) {
+    if (!Ask(name).value_or(false)) return UniqueFd();
     int fds[2];
     EXPECT_EQ(::pipe(fds), 0);
     UniqueFd r(fds[0]), w(fds[1]);
-    SendPipe(w.get());
-    w.reset();
+    SendFds({w.get()});
+    return r;
+  }
+  // Asks for `name`: its contents, or nullopt if the server says it has none.
+  std::optional<std::string> Get(const std::string& name) {
+    UniqueFd r = Open(name);
+    if (!r.valid()) return std::nullopt;
     auto data = ReadToEnd(r.get());
     return data.value_or("");
   }
+  // Passes `fds` with one dummy byte, as CRIU passes a pipe.
+  void SendFds(const std::vector<int>& fds) {
+    char dummy = 0;
+    iovec iov{&dummy, 1};
+    std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.data();
+    msg.msg_controllen = control.size();
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+    ASSERT_EQ(::sendmsg(sock_.get(), &msg, 0), 1);
+  }
   void Close() { sock_.reset(); }
-  // Waits until the server hangs up (it read what was sent and gave up).
+  // Stops sending (as a CRIU that dies does) but can still see the server
+  // hang up.
+  void StopSending() { ASSERT_EQ(::shutdown(sock_.get(), SHUT_WR), 0); }
+  // Waits until the server hangs up (it read what was sent and gave up);
+  // false if it has not within a bound far above any real wait.
   bool WaitForHangUp() {
+    pollfd p{sock_.get(), POLLIN, 0};
+    if (::poll(&p, 1, 20000) != 1) return false;
     char c;
     return ::read(sock_.get(), &c, 1) == 0;
   }
 
  private:
-  void SendPipe(int fd) {
-    char dummy = 0;
-    iovec iov{&dummy, 1};
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control;
-    msg.msg_controllen = sizeof control;
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int));
-    std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    ASSERT_EQ(::sendmsg(sock_.get(), &msg, 0), 1);
-  }
-
   UniqueFd sock_;
   bool connected_ = false;
+};
+
+// Whether the other end of `fd` (a pipe's or a socket's) is closed everywhere,
+// without waiting.
+bool PeerClosed(int fd, short events) {
+  pollfd p{fd, events, 0};
+  return ::poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR)) != 0;
+}
+
+// While it lives, no new thread can start in this process: its stack could
+// not be mapped, so std::thread throws std::system_error.
+class NoNewThreads {
+ public:
+  NoNewThreads() {
+    EXPECT_EQ(::pthread_getattr_default_np(&saved_), 0);
+    pthread_attr_t huge;
+    ::pthread_attr_init(&huge);
+    // Larger than any x86-64 or arm64 address space.
+    EXPECT_EQ(::pthread_attr_setstacksize(&huge, size_t{1} << 58), 0);
+    EXPECT_EQ(::pthread_setattr_default_np(&huge), 0);
+    ::pthread_attr_destroy(&huge);
+  }
+  ~NoNewThreads() {
+    EXPECT_EQ(::pthread_setattr_default_np(&saved_), 0);
+    ::pthread_attr_destroy(&saved_);
+  }
+
+ private:
+  pthread_attr_t saved_;
 };
 
 class ImageStreamerTest : public ::testing::Test {
@@ -163,6 +224,7 @@ TEST_F(ImageStreamerTest, AChunkThatFailsVerificationIsNeverWrittenAndEndsTheFil
   EXPECT_EQ(status.error().kind(), ErrorKind::kCorrupt);
   EXPECT_NE(status.error().message().find("image pages-1.img: chunk "), std::string::npos)
       << status.error().message();
+  EXPECT_TRUE(server->chunk_failed());
 }
 
 TEST_F(ImageStreamerTest, AMalformedRequestIsAnErrorNotACrash) {
@@ -176,6 +238,174 @@ TEST_F(ImageStreamerTest, AMalformedRequestIsAnErrorNotACrash) {
   auto status = server->Finish();
   ASSERT_FALSE(status.has_value());
   EXPECT_NE(status.error().message().find("malformed"), std::string::npos);
+  EXPECT_FALSE(server->chunk_failed());
+}
+
+TEST_F(ImageStreamerTest, FinishReturnsPromptlyWhenCriuNeitherReadsNorClosesAPipe) {
+  auto server = Listen();
+  FakeCriu criu(served_.path());
+  UniqueFd never_read = criu.Open("pages-1.img");
+  ASSERT_TRUE(never_read.valid());
+  // The feeder has begun; the pipe, far smaller than the file, fills up.
+  pollfd p{never_read.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, -1), 1);
+  auto finished = std::async(std::launch::async, [&] { return server->Finish(); });
+  if (finished.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+    ADD_FAILURE() << "Finish() waits for a pipe nobody reads";
+    never_read.reset();  // lets it end, so that the test does not hang
+  }
+  auto status = finished.get();
+  ASSERT_FALSE(status.has_value()) << "the file was cut short";
+  EXPECT_NE(status.error().message().find("image pages-1.img"), std::string::npos)
+      << status.error().message();
+  EXPECT_FALSE(server->chunk_failed());
+}
+
+TEST_F(ImageStreamerTest, FinishReturnsPromptlyWhenCriuStopsMidRequest) {
+  auto server = Listen();
+  FakeCriu criu(served_.path());
+  std::string request = FakeCriu::Encode("core-1.img");
+  uint32_t len = static_cast<uint32_t>(request.size());
+  criu.SendBytes(std::string(reinterpret_cast<const char*>(&len), sizeof len) +
+                 request.substr(0, 3));
+  auto finished = std::async(std::launch::async, [&] { return server->Finish(); });
+  if (finished.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+    ADD_FAILURE() << "Finish() waits for the rest of a request";
+    criu.Close();  // lets it end, so that the test does not hang
+  }
+  auto status = finished.get();
+  EXPECT_TRUE(status.has_value()) << "nothing was cut short: " << status.error().ToString();
+}
+
+TEST_F(ImageStreamerTest, CriuClosingAPipeEarlyIsNotAnError) {
+  auto server = Listen();
+  FakeCriu criu(served_.path());
+  UniqueFd pages = criu.Open("pages-1.img");
+  ASSERT_TRUE(pages.valid());
+  char some[4096];
+  ASSERT_EQ(ReadFull(pages.get(), some).value_or(0), sizeof some);
+  pages.reset();  // CRIU needs no more of it, or failed
+  EXPECT_EQ(criu.Get("core-1.img"), contents_["core-1.img"]) << "serving goes on";
+  criu.Close();
+  auto status = server->Finish();
+  EXPECT_TRUE(status.has_value()) << status.error().ToString();
+}
+
+TEST_F(ImageStreamerTest, CriuHangingUpMidRequestIsNotAnError) {
+  auto server = Listen();
+  FakeCriu criu(served_.path());
+  std::string request = FakeCriu::Encode("core-1.img");
+  uint32_t len = static_cast<uint32_t>(request.size());
+  criu.SendBytes(std::string(reinterpret_cast<const char*>(&len), sizeof len) +
+                 request.substr(0, 3));
+  criu.StopSending();  // CRIU died while writing it
+  EXPECT_TRUE(criu.WaitForHangUp());
+  auto status = server->Finish();
+  EXPECT_TRUE(status.has_value()) << status.error().ToString();
+}
+
+TEST_F(ImageStreamerTest, CriuHangingUpBeforeSendingThePipeIsNotAnError) {
+  auto server = Listen();
+  FakeCriu criu(served_.path());
+  EXPECT_EQ(criu.Ask("core-1.img"), true);
+  criu.StopSending();  // CRIU died before it passed the pipe
+  EXPECT_TRUE(criu.WaitForHangUp());
+  auto status = server->Finish();
+  EXPECT_TRUE(status.has_value()) << status.error().ToString();
+}
+
+TEST_F(ImageStreamerTest, CriuResettingTheConnectionIsNotAnError) {
+  auto server = Listen();
+  FakeCriu criu(served_.path());
+  EXPECT_EQ(criu.Get("core-1.img"), contents_["core-1.img"]);
+  criu.SendRaw(FakeCriu::Encode("pages-1.img"));
+  // The reply arrives and CRIU closes without reading it: the server reads
+  // ECONNRESET where it waits for the pipe.
+  pollfd p{criu.fd(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, -1), 1);
+  criu.Close();
+  auto status = server->Finish();
+  EXPECT_TRUE(status.has_value()) << status.error().ToString();
+}
+
+TEST_F(ImageStreamerTest, MoreThanOneFdForAFileIsRefusedAndAllAreClosed) {
+  auto server = Listen();
+  FakeCriu criu(served_.path());
+  ASSERT_EQ(criu.Ask("core-1.img"), true);
+  // Three write ends: more than the server's control buffer takes.
+  std::vector<UniqueFd> readers, writers;
+  for (int i = 0; i < 3; ++i) {
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    readers.emplace_back(fds[0]);
+    writers.emplace_back(fds[1]);
+  }
+  criu.SendFds({writers[0].get(), writers[1].get(), writers[2].get()});
+  writers.clear();
+  ASSERT_TRUE(criu.WaitForHangUp());
+  for (const auto& r : readers) EXPECT_TRUE(PeerClosed(r.get(), POLLIN)) << "an fd kept open";
+  auto status = server->Finish();
+  ASSERT_FALSE(status.has_value());
+  EXPECT_NE(status.error().message().find("more than one"), std::string::npos)
+      << status.error().message();
+}
+
+TEST_F(ImageStreamerTest, AnFdThatIsNotAPipeIsRefusedAndClosed) {
+  auto server = Listen();
+  FakeCriu criu(served_.path());
+  ASSERT_EQ(criu.Ask("core-1.img"), true);
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, pair), 0);
+  UniqueFd sent(pair[0]), kept(pair[1]);
+  criu.SendFds({sent.get()});
+  sent.reset();
+  ASSERT_TRUE(criu.WaitForHangUp()) << "the server fed a socket";
+  EXPECT_TRUE(PeerClosed(kept.get(), POLLIN)) << "the socket was kept open";
+  auto status = server->Finish();
+  ASSERT_FALSE(status.has_value());
+  EXPECT_NE(status.error().message().find("not a pipe"), std::string::npos)
+      << status.error().message();
+}
+
+TEST_F(ImageStreamerTest, APipesReadEndIsRefusedAndClosed) {
+  auto server = Listen();
+  FakeCriu criu(served_.path());
+  ASSERT_EQ(criu.Ask("core-1.img"), true);
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  UniqueFd r(fds[0]), w(fds[1]);
+  criu.SendFds({r.get()});
+  r.reset();
+  ASSERT_TRUE(criu.WaitForHangUp()) << "the server took a read end";
+  EXPECT_TRUE(PeerClosed(w.get(), POLLOUT)) << "the read end was kept open";
+  auto status = server->Finish();
+  ASSERT_FALSE(status.has_value());
+  EXPECT_NE(status.error().message().find("not open for writing"), std::string::npos)
+      << status.error().message();
+}
+
+TEST_F(ImageStreamerTest, AFeederThreadThatCannotStartFailsTheStreamCleanly) {
+  auto server = Listen();
+  FakeCriu criu(served_.path());
+  {
+    NoNewThreads no_threads;
+    // The pipe is closed at once; the server hangs up so CRIU fails soon.
+    EXPECT_EQ(criu.Get("pages-1.img"), "");
+    EXPECT_TRUE(criu.WaitForHangUp());
+  }
+  auto status = server->Finish();
+  ASSERT_FALSE(status.has_value());
+  EXPECT_NE(status.error().message().find("cannot start a thread to feed image pages-1.img"),
+            std::string::npos)
+      << status.error().message();
+  EXPECT_FALSE(server->chunk_failed());
+}
+
+TEST_F(ImageStreamerTest, ListenFailsCleanlyWhenItsThreadCannotStart) {
+  NoNewThreads no_threads;
+  auto server = ImageStreamServer::Listen(served_.path(), files_, kCurrentChunkHash, store_, key_);
+  ASSERT_FALSE(server.has_value());
+  EXPECT_NE(server.error().message().find("thread"), std::string::npos) << server.error().message();
 }
 
 TEST_F(ImageStreamerTest, FinishWithoutAClientReturnsAtOnce) {

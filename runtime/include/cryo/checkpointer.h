@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Checkpointer: dumps and restores a process tree. The real implementation
-// drives CRIU through its RPC (`criu swrk`), started with an absolute path
-// and a controlled environment; never `criu service`.
+// drives CRIU through its RPC (`criu swrk`), started with an absolute path,
+// a controlled environment and no default configuration files
+// (--no-default-config: /etc/criu/default.conf could name scripts or plugins
+// CRIU would run as root); never `criu service`.
 //
 // Blocking: Dump and Restore return when CRIU is done. Not thread-safe per
 // object; use one per operation.
