@@ -8,6 +8,7 @@
 #   tests/bench/checkpoint_bench.sh [SIZES_MIB...]     (default: 1024 4096)
 #
 # Environment: REPS (default 3), CRYO_BUILD_DIR (default ./build),
+# RESTORE_PAUSE (seconds both sides wait between dump and restore, default 5),
 # BENCH_DIR (default /var/tmp; must not be tmpfs to compare like with like:
 # the store and the raw images go there), CRYOD_ARGS (extra cryod flags,
 # e.g. "--memory-scratch off" to stage cryo's images on that disk too;
@@ -51,6 +52,12 @@ for _ in $(seq 100); do [[ -s $work/ready ]] && break; sleep 0.1; done
 # Waits for "ready" in the output that `$1` prints, then lets the machine
 # settle a moment (the program just wrote its memory), alike for both sides.
 settle() { for _ in $(seq 600); do "$@" | grep -q ready && break; sleep 0.05; done; sleep 1; }
+# Before a restore both sides wait alike: in this VM memory freed a moment
+# ago (the checkpointed process, the dump's page cache) is fast to touch
+# again, but once the balloon has handed it back to the host (a few seconds)
+# every first touch is a slow fault, and a restore is mostly first touches.
+# Without the pause, whichever side restores sooner after its dump wins.
+before_restore() { sleep "${RESTORE_PAUSE:-5}"; }
 
 # Raw CRIU: the program as a session leader, dumped and restored by hand.
 raw_rep() {
@@ -66,6 +73,7 @@ raw_rep() {
   sync -f "$work/raw"
   raw_dump+=("$(elapsed "$t")")
   wait "$pid" 2>/dev/null || true
+  before_restore
   t=$(now)
   "$criu" restore -D "$work/raw" -o restore.log --restore-detached --tcp-established \
     --network-lock nftables --pidfile "$work/raw.pid" ||
@@ -86,6 +94,7 @@ cryo_rep() {
   json=$(cryo checkpoint --stop --json bench)
   cryo_total+=("$(elapsed "$t")")
   cryo_frozen+=("$(python3 -c 'import json,sys; p=json.load(sys.stdin)["phases_ms"]; print((p.get("freeze",0)+p["dump"])/1000)' <<<"$json")")
+  before_restore
   t=$(now)
   cryo restore -d bench >/dev/null
   cryo_restore+=("$(elapsed "$t")")
