@@ -545,8 +545,15 @@ Result<uint64_t> CheckpointService::RemoveTornChunks() {
   return removed;
 }
 
+CheckpointService::~CheckpointService() {
+  // A mutex must not be destroyed locked.
+  if (quiesced_) store_mu_.unlock();
+}
+
 bool CheckpointService::Quiesce() {
+  if (quiesced_) return store_->Flush().has_value();
   if (!store_mu_.try_lock()) return false;
+  quiesced_ = true;
   scratch_->Close();
   return store_->Flush().has_value();
 }

@@ -51,6 +51,8 @@ class CheckpointService {
   // Images are dumped to and fetched into `scratch`.
   CheckpointService(Supervisor& supervisor, std::unique_ptr<Store> store, Key key,
                     std::unique_ptr<ScratchSpace> scratch, Options options);
+  // Releases the store if Quiesce() took it.
+  ~CheckpointService();
 
   // Checkpoints the running job `name`. The job keeps running unless `stop`,
   // in which case it is ended only after the checkpoint is durable. On any
@@ -130,6 +132,7 @@ class CheckpointService {
   std::unique_ptr<ScratchSpace> scratch_;
   Options options_;
   CheckpointParticipants* participants_ = nullptr;
+  bool quiesced_ = false;  // Quiesce() holds store_mu_
 };
 
 }  // namespace cryo
