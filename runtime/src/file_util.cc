@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
 #include <random>
@@ -38,13 +39,33 @@ Result<size_t> ReadFull(int fd, std::span<char> buf) {
 }
 
 Result<std::string> ReadToEnd(int fd) {
+  // A regular file is read straight into a string of its size (one
+  // allocation, one copy: chunks are read this way), anything else in
+  // growing steps.
+  size_t want = 65536;
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) want = static_cast<size_t>(st.st_size) + 1;
   std::string out;
-  char buf[65536];
+  size_t len = 0;
   for (;;) {
-    auto n = ReadFull(fd, buf);
-    if (!n) return std::unexpected(n.error());
-    out.append(buf, *n);
-    if (*n < sizeof buf) return out;
+    bool eof = false;
+    int error = 0;
+    out.resize_and_overwrite(std::max(want, len + 1), [&](char* p, size_t room) {
+      while (len < room) {
+        ssize_t n = ::read(fd, p + len, room - len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          eof = n == 0;
+          error = n < 0 ? errno : 0;
+          break;
+        }
+        len += static_cast<size_t>(n);
+      }
+      return len;
+    });
+    if (error != 0) return SysFail("read", error);
+    if (eof) return out;
+    want = 2 * len;
   }
 }
 

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "temp_dir.h"
@@ -138,6 +139,34 @@ TEST(ReadFileToStringTest, MissingFileIsNotFoundWithEnoent) {
   EXPECT_EQ(r.error().sys_errno(), ENOENT);
   EXPECT_NE(r.error().message().find(dir.Join("missing")), std::string::npos)
       << r.error().message();
+}
+
+TEST(ReadToEndTest, ReadsWholeFilesOfAnySizeAndPipes) {
+  TempDir dir;
+  for (size_t size : {size_t{0}, size_t{1}, size_t{65535}, size_t{65536}, size_t{300000}}) {
+    std::string data(size, '\0');
+    for (size_t i = 0; i < size; ++i) data[i] = static_cast<char>(i * 7 + 3);
+    std::string path = dir.Join("f" + std::to_string(size));
+    ASSERT_TRUE(WriteFileAtomic(path, data).has_value());
+    auto fd = OpenFile(path, O_RDONLY);
+    ASSERT_TRUE(fd.has_value());
+    auto got = ReadToEnd(fd->get());
+    ASSERT_TRUE(got.has_value()) << got.error().ToString();
+    EXPECT_TRUE(*got == data) << size;
+  }
+  // A pipe has no size to go by: more than one step's worth.
+  auto pipe = MakePipe();
+  ASSERT_TRUE(pipe.has_value());
+  auto& [r, w] = *pipe;
+  std::string data(200000, 'x');
+  std::thread writer([&data, w = std::move(w)]() mutable {
+    (void)WriteAll(w.get(), data);
+    w.reset();  // end of file for the reader
+  });
+  auto got = ReadToEnd(r.get());
+  writer.join();
+  ASSERT_TRUE(got.has_value()) << got.error().ToString();
+  EXPECT_TRUE(*got == data);
 }
 
 TEST(MakePipeTest, CarriesBytesAndIsCloseOnExec) {
