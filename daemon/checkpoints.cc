@@ -54,6 +54,17 @@ uint64_t DirectoryBytes(const std::string& dir) {
   return total;
 }
 
+// Dumps of a job tried before a checkpoint fails (IsTransientDumpFailure).
+constexpr int kDumpAttempts = 2;
+
+// Whether CRIU failed to seize the tree in time, which a task's passing
+// state explains (CRIU says so only in its log, which its error quotes).
+bool IsTransientDumpFailure(const Error& error) {
+  const std::string& m = error.message();
+  return m.find("Unseizable non-zombie") != std::string::npos ||
+         m.find("Timeout reached") != std::string::npos;
+}
+
 // A phase's time for the log ("" when there is none).
 std::string PhaseMs(const PhaseTimes& phases, const std::string& phase) {
   auto it = phases.find(phase);
@@ -207,13 +218,36 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
     }
     return stored;
   };
-  auto dumped = (*criu)->Dump({.pid = job->init_pid,
-                               .images_dir = work->images(),
-                               .work_dir = work->path(),
-                               .freeze_cgroup = job->cgroup,
-                               .leave_running = !stop,
-                               .external = external},
-                              commit);
+  auto dump = [&] {
+    return (*criu)->Dump({.pid = job->init_pid,
+                          .images_dir = work->images(),
+                          .work_dir = work->path(),
+                          .freeze_cgroup = job->cgroup,
+                          .leave_running = !stop,
+                          .external = external},
+                         commit);
+  };
+  auto dumped = dump();
+  // A task caught in a brief state CRIU cannot seize (a shell's vfork()
+  // parent waits for a child that the freeze stopped before its exec) fails
+  // the whole dump after CRIU's timeout, though a moment later the same job
+  // dumps fine: try again before giving up, as a preempted job would
+  // otherwise be lost. Nothing was written or published by then.
+  for (int attempt = 2; !dumped && !published_in_commit && attempt <= kDumpAttempts &&
+                        IsTransientDumpFailure(dumped.error());
+       ++attempt) {
+    LogWarn("CRIU could not seize the job; trying again", {{"job", job->name},
+                                                           {"attempt", std::to_string(attempt)},
+                                                           {"error", dumped.error().ToString()}});
+    (void)ThawIfFrozen(job->cgroup);
+    work = std::unexpected(Error(ErrorKind::kInternal, "released"));  // frees the id
+    work = scratch_->Allocate(m.id, estimate);
+    if (!work) return std::unexpected(work.error().WithContext(context));
+    criu = CreateCriuCheckpointer(options_.criu_path);
+    if (!criu) return std::unexpected(criu.error().WithContext(context));
+    start = Clock::now();
+    dumped = dump();
+  }
   if (!dumped && published_in_commit) {
     // CRIU died after the --stop checkpoint was durable but before it ended
     // the job: end it as CRIU would have, or two copies of it would diverge.
