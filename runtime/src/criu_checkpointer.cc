@@ -168,6 +168,9 @@ const std::string& LogDir(const std::string& images, const std::string& work) {
 
 std::string Failure(const criu_resp& resp) {
   std::string why = resp.has_cr_errmsg() && !resp.cr_errmsg().empty() ? resp.cr_errmsg() : "";
+  // CRIU's first error, which it reports here, is on some machines always
+  // the harmless RLIMIT_NOFILE one (as LogExcerpt knows): not the reason.
+  if (why.find("RLIMIT_NOFILE") != std::string::npos) why.clear();
   if (why.empty() && resp.has_cr_errno() && resp.cr_errno() != 0)
     why = std::strerror(resp.cr_errno());
   return why.empty() ? "" : " (" + why + ")";

@@ -332,6 +332,8 @@ TEST(Checkpoint, DumpFailureLeavesTheJobRunningAndNothingPublished) {
   EXPECT_NE(r.err.find("criu dump failed"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("CRIU's log"), std::string::npos)
       << "the message must show CRIU's reasons: " << r.err;
+  EXPECT_EQ(r.err.find("RLIMIT_NOFILE"), std::string::npos)
+      << "CRIU's harmless rlimit error is not the reason: " << r.err;
   EXPECT_EQ(d.Job("uring")["state"], "running");
   size_t seen = Numbers(Logs(d, "uring"), "alive").size();
   EXPECT_TRUE(WaitForMore(d, "uring", "alive", seen + 3)) << "the job is frozen or dead";
