@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Prints "count N" every 20 ms. On SIGUSR1 it vfork()s once: the child
-// sleeps 4 s before it execs /bin/true, so the parent waits in vfork() all
+// sleeps 8 s before it execs /bin/true, so the parent waits in vfork() all
 // that time (a state CRIU cannot seize while the child is stopped), and
 // prints "vforked" first. A shell running external commands does the same,
 // for a moment at a time.
@@ -22,7 +22,7 @@ static void __attribute__((noinline)) VforkOnce(void) {
   pid_t pid = vfork();
   if (pid == 0) {
     // Only system calls in the vfork child: it shares our memory.
-    struct timespec pause = {4, 0};
+    struct timespec pause = {8, 0};
     nanosleep(&pause, NULL);
     execl("/bin/true", "true", (char*)NULL);
     _exit(127);
