@@ -54,16 +54,9 @@ uint64_t DirectoryBytes(const std::string& dir) {
   return total;
 }
 
-// Dumps of a job tried before a checkpoint fails (IsTransientDumpFailure).
-constexpr int kDumpAttempts = 2;
-
-// Whether CRIU failed to seize the tree in time, which a task's passing
-// state explains (CRIU says so only in its log, which its error quotes).
-bool IsTransientDumpFailure(const Error& error) {
-  const std::string& m = error.message();
-  return m.find("Unseizable non-zombie") != std::string::npos ||
-         m.find("Timeout reached") != std::string::npos;
-}
+// How long a job may take to freeze clear of vfork() children: CRIU's own
+// timeout for freezing.
+constexpr std::chrono::seconds kFreezeTimeout{10};
 
 // A phase's time for the log ("" when there is none).
 std::string PhaseMs(const PhaseTimes& phases, const std::string& phase) {
@@ -76,16 +69,19 @@ void BeginPhase(ProgressMeter* progress, std::string phase, uint64_t total_bytes
   if (progress) progress->BeginPhase(std::move(phase), total_bytes, std::move(poll));
 }
 
-// CRIU freezes the job as its dump begins: its own measure of that, taken
-// out of the dump phase cryod timed. Without CRIU's stats (an older CRIU)
-// the dump phase stays whole and there is no freeze phase.
-void SplitFreezeFromDump(PhaseTimes& phases, const std::string& work_dir) {
+// The dump phase cryod timed began with its own freeze (`frozen_before`)
+// and CRIU's seizing of the frozen job (CRIU's own measure): both make the
+// freeze phase. Without CRIU's stats (an older CRIU) its part stays in the
+// dump phase.
+void SplitFreezeFromDump(PhaseTimes& phases, const std::string& work_dir,
+                         std::chrono::milliseconds frozen_before) {
+  int64_t freeze_ms = frozen_before.count();
   auto stats = ReadCriuDumpStats(work_dir + "/" + std::string(kCriuDumpStatsFile));
-  if (!stats) {
+  if (stats) {
+    freeze_ms += (stats->freezing_us + 500) / 1000;
+  } else {
     LogDebug("no freeze time from CRIU", {{"error", stats.error().ToString()}});
-    return;
   }
-  int64_t freeze_ms = (stats->freezing_us + 500) / 1000;
   phases["freeze"] = freeze_ms;
   phases["dump"] = std::max<int64_t>(0, phases["dump"] - freeze_ms);
 }
@@ -218,36 +214,16 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
     }
     return stored;
   };
-  auto dump = [&] {
-    return (*criu)->Dump({.pid = job->init_pid,
-                          .images_dir = work->images(),
-                          .work_dir = work->path(),
-                          .freeze_cgroup = job->cgroup,
-                          .leave_running = !stop,
-                          .external = external},
-                         commit);
-  };
-  auto dumped = dump();
-  // A task caught in a brief state CRIU cannot seize (a shell's vfork()
-  // parent waits for a child that the freeze stopped before its exec) fails
-  // the whole dump after CRIU's timeout, though a moment later the same job
-  // dumps fine: try again before giving up, as a preempted job would
-  // otherwise be lost. Nothing was written or published by then.
-  for (int attempt = 2; !dumped && !published_in_commit && attempt <= kDumpAttempts &&
-                        IsTransientDumpFailure(dumped.error());
-       ++attempt) {
-    LogWarn("CRIU could not seize the job; trying again", {{"job", job->name},
-                                                           {"attempt", std::to_string(attempt)},
-                                                           {"error", dumped.error().ToString()}});
-    (void)ThawIfFrozen(job->cgroup);
-    work = std::unexpected(Error(ErrorKind::kInternal, "released"));  // frees the id
-    work = scratch_->Allocate(m.id, estimate);
-    if (!work) return std::unexpected(work.error().WithContext(context));
-    criu = CreateCriuCheckpointer(options_.criu_path);
-    if (!criu) return std::unexpected(criu.error().WithContext(context));
-    start = Clock::now();
-    dumped = dump();
-  }
+  // cryod freezes the job itself, at a moment CRIU can seize every task.
+  auto frozen = FreezeForDump(job->cgroup, kFreezeTimeout);
+  Status dumped = frozen ? (*criu)->Dump({.pid = job->init_pid,
+                                          .images_dir = work->images(),
+                                          .work_dir = work->path(),
+                                          .freeze_cgroup = job->cgroup,
+                                          .leave_running = !stop,
+                                          .external = external},
+                                         commit)
+                         : std::unexpected(frozen.error().WithContext("freeze the job"));
   if (!dumped && published_in_commit) {
     // CRIU died after the --stop checkpoint was durable but before it ended
     // the job: end it as CRIU would have, or two copies of it would diverge.
@@ -259,18 +235,19 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
     (void)ThawIfFrozen(job->cgroup);  // a frozen task dies only once thawed
     dumped = {};
   }
+  // CRIU leaves the job frozen as it found it, also when it fails.
+  if (auto thawed = ThawIfFrozen(job->cgroup); !thawed && (!dumped || !stop)) {
+    LogError("cannot thaw the job after its dump",
+             {{"job", job->name}, {"error", thawed.error().ToString()}});
+  }
   if (!dumped || !stop) resume(dumped ? 0 : EIO, dumped ? m.id : "");
   if (!dumped) {
-    // CRIU thaws the job when a dump fails, unless it died itself.
-    if (auto thawed = ThawIfFrozen(job->cgroup); thawed && *thawed) {
-      LogWarn("thawed a job a failed dump left frozen", {{"job", job->name}});
-    }
     LogWarn("checkpoint failed", {{"job", job->name}, {"error", dumped.error().ToString()}});
     return std::unexpected(dumped.error().WithContext(context));
   }
   // CRIU's stats exist once the dump is over: in time for the manifest
   // unless --stop published it during the dump.
-  SplitFreezeFromDump(m.phases, work->path());
+  SplitFreezeFromDump(m.phases, work->path(), *frozen);
   if (!stop) {
     if (auto s = Publish(m, work->images(), progress); !s) {
       LogWarn("checkpoint not stored", {{"job", job->name}, {"error", s.error().ToString()}});

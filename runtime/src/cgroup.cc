@@ -2,12 +2,16 @@
 #include "cryo/cgroup.h"
 
 #include <fcntl.h>
+#include <linux/kcmp.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <optional>
 #include <thread>
 
 #include "cryo/file_util.h"
@@ -35,6 +39,52 @@ Result<std::pair<std::string, Cgroup::Version>> Base() {
   }
   return Fail(ErrorKind::kUnavailable,
               "no cgroup freezer found under /sys/fs/cgroup (mount cgroup2 or the v1 freezer)");
+}
+
+std::string ProcFile(pid_t pid, const char* name) {
+  return "/proc/" + std::to_string(pid) + "/" + name;
+}
+
+// The size of `pid`'s address space (field 23 of /proc/PID/stat); 0 when it
+// has none (a zombie) or is gone.
+uint64_t VirtualSize(pid_t pid) {
+  auto stat = ReadFileToString(ProcFile(pid, "stat"));
+  if (!stat) return 0;
+  size_t pos = stat->rfind(')');  // the name may hold spaces and parentheses
+  for (int field = 2; field < 23 && pos != std::string::npos; ++field) {
+    pos = stat->find(' ', pos + 1);
+  }
+  if (pos == std::string::npos) return 0;
+  uint64_t size = 0;
+  std::from_chars(stat->data() + pos + 1, stat->data() + stat->size(), size);
+  return size;
+}
+
+bool SameAddressSpace(pid_t a, pid_t b) { return ::syscall(SYS_kcmp, a, b, KCMP_VM, 0, 0) == 0; }
+
+// Two of `pids` that share one address space, if any. Processes that do
+// have the same size, so kcmp() compares only those.
+std::optional<std::pair<pid_t, pid_t>> SharingAddressSpace(const std::vector<pid_t>& pids) {
+  std::vector<std::pair<uint64_t, pid_t>> by_size;
+  for (pid_t pid : pids) {
+    if (uint64_t size = VirtualSize(pid); size != 0) by_size.emplace_back(size, pid);
+  }
+  std::sort(by_size.begin(), by_size.end());
+  for (size_t i = 0; i < by_size.size(); ++i) {
+    for (size_t j = i + 1; j < by_size.size() && by_size[j].first == by_size[i].first; ++j) {
+      if (SameAddressSpace(by_size[i].second, by_size[j].second)) {
+        return std::pair{by_size[i].second, by_size[j].second};
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+std::string Describe(pid_t pid) {
+  auto comm = ReadFileToString(ProcFile(pid, "comm"));
+  std::string name = comm ? *comm : "?";
+  while (!name.empty() && name.back() == '\n') name.pop_back();
+  return std::to_string(pid) + " (" + name + ")";
 }
 
 }  // namespace
@@ -107,6 +157,25 @@ Result<bool> Cgroup::IsFrozen() const {
   return v1 ? !state->starts_with("THAWED") : state->starts_with("1");
 }
 
+Result<bool> Cgroup::IsFullyFrozen() const {
+  if (version_ == Version::kV1Freezer) {
+    auto state = ReadFileToString(path_ + "/freezer.state");
+    if (!state) return std::unexpected(state.error());
+    return state->starts_with("FROZEN");
+  }
+  auto events = ReadFileToString(path_ + "/cgroup.events");
+  if (!events) return std::unexpected(events.error());
+  return events->find("frozen 1") != std::string::npos;
+}
+
+Status Cgroup::Freeze() {
+  bool v1 = version_ == Version::kV1Freezer;
+  std::string file = path_ + (v1 ? "/freezer.state" : "/cgroup.freeze");
+  auto fd = OpenFile(file, O_WRONLY);
+  if (!fd) return std::unexpected(fd.error());
+  return WriteAll(fd->get(), v1 ? "FROZEN" : "1");
+}
+
 Status Cgroup::Thaw() {
   bool v1 = version_ == Version::kV1Freezer;
   std::string file = path_ + (v1 ? "/freezer.state" : "/cgroup.freeze");
@@ -131,6 +200,66 @@ Result<bool> ThawIfFrozen(const std::string& path) {
   if (!frozen) return std::unexpected(frozen.error());
   if (!thawed) return std::unexpected(thawed.error());
   return *frozen;
+}
+
+Result<std::chrono::milliseconds> FreezeForDump(const std::string& path,
+                                                std::chrono::milliseconds timeout) {
+  using Clock = std::chrono::steady_clock;
+  auto adopted = Cgroup::Adopt(path);
+  if (!adopted) return std::unexpected(adopted.error());
+  // Not ours to remove, whatever happens here.
+  struct Borrowed {
+    Cgroup& cgroup;
+    ~Borrowed() { (void)cgroup.Release(); }
+  } borrowed{*adopted};
+  Cgroup& cgroup = borrowed.cgroup;
+  auto start = Clock::now();
+  auto deadline = start + timeout;
+  auto fail = [&](Error error) -> Result<std::chrono::milliseconds> {
+    (void)cgroup.Thaw();
+    return std::unexpected(std::move(error));
+  };
+  std::string sharers;  // the processes that shared an address space
+  for (int round = 0;; ++round) {
+    if (auto s = cgroup.Freeze(); !s) return fail(s.error().WithContext("freeze " + path));
+    // The v1 freezer can stall in FREEZING; asking again now and then helps
+    // (as CRIU does).
+    auto asked = Clock::now();
+    for (;;) {
+      auto frozen = cgroup.IsFullyFrozen();
+      if (!frozen) return fail(frozen.error().WithContext("freeze " + path));
+      if (*frozen) break;
+      if (Clock::now() >= deadline) {
+        return fail(Error(ErrorKind::kUnavailable,
+                          "the job did not freeze within " + std::to_string(timeout.count()) +
+                              " ms (a process stuck in the kernel, such as on a hung NFS "
+                              "server?); it runs on"));
+      }
+      if (Clock::now() - asked > std::chrono::milliseconds(100)) {
+        if (auto s = cgroup.Freeze(); !s) return fail(s.error().WithContext("freeze " + path));
+        asked = Clock::now();
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+    auto pids = cgroup.Pids();
+    if (!pids) return fail(pids.error().WithContext("freeze " + path));
+    auto sharing = SharingAddressSpace(*pids);
+    if (!sharing) {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+    }
+    sharers = Describe(sharing->first) + " and " + Describe(sharing->second);
+    // Let the vfork() child reach its exec, then try again: a little later
+    // each round, so that a slow child is not stopped at the same place.
+    if (auto s = cgroup.Thaw(); !s) return std::unexpected(s.error().WithContext("thaw " + path));
+    if (Clock::now() >= deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(1 + round, 50)));
+  }
+  return Fail(ErrorKind::kUnavailable,
+              "processes " + sharers + " kept sharing one address space for " +
+                  std::to_string(timeout.count()) +
+                  " ms (a vfork() child that does not exec, or clone(CLONE_VM)); CRIU cannot "
+                  "checkpoint that, so the job runs on unchanged; try again once the child has "
+                  "exec'd or exited");
 }
 
 std::string Cgroup::Release() { return std::exchange(path_, std::string()); }

@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +21,17 @@ Result<std::vector<pid_t>> CgroupPids(const std::string& path);
 // Thaws the job cgroup at `path` if it is frozen; returns whether it was.
 // Leaves the directory alone.
 Result<bool> ThawIfFrozen(const std::string& path);
+
+// Freezes the job cgroup at `path` at a moment when no two of its processes
+// share an address space, for CRIU to dump; returns how long that took.
+// A vfork() child that has not exec'd yet shares its parent's, and the
+// parent then waits in a state CRIU cannot seize: CRIU would give up on the
+// whole dump after its timeout. Any shell running commands is in that state
+// now and then, so when the freeze catches one the cgroup runs for a moment
+// and is frozen again, until `timeout`. Blocks; on failure the cgroup is left
+// thawed and the error names the processes.
+Result<std::chrono::milliseconds> FreezeForDump(const std::string& path,
+                                                std::chrono::milliseconds timeout);
 
 class Cgroup {
  public:
@@ -47,6 +59,11 @@ class Cgroup {
   Status Remove();
   // Whether the cgroup is frozen (v1 freezer.state, v2 cgroup.freeze).
   Result<bool> IsFrozen() const;
+  // Whether every process in the cgroup is frozen (v1 FROZEN, not FREEZING;
+  // v2 "frozen 1" in cgroup.events).
+  Result<bool> IsFullyFrozen() const;
+  // Asks the kernel to freeze the cgroup; IsFullyFrozen() says when it has.
+  Status Freeze();
   // Lets a frozen cgroup run again.
   Status Thaw();
   // SIGKILLs every process in the cgroup, then removes it.

@@ -22,10 +22,12 @@
 namespace cryo {
 
 struct DumpOptions {
-  pid_t pid = 0;              // root of the tree: the job's init
-  std::string images_dir;     // an existing, empty directory
-  std::string work_dir;       // CRIU's log goes here (not among the images)
-  std::string freeze_cgroup;  // the job's cgroup: frozen as a whole
+  pid_t pid = 0;           // root of the tree: the job's init
+  std::string images_dir;  // an existing, empty directory
+  std::string work_dir;    // CRIU's log goes here (not among the images)
+  // The job's cgroup, frozen as a whole for the dump: by CRIU, unless it is
+  // frozen already (FreezeForDump); then CRIU leaves it frozen afterwards.
+  std::string freeze_cgroup;
   bool leave_running = true;  // false: CRIU kills the tree once committed
   bool tcp_established = true;
   std::vector<std::string> external;  // CRIU "external" resources
