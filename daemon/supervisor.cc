@@ -170,14 +170,40 @@ void Supervisor::RecoverFromInterruptedCheckpoint(JobRecord& job) {
     if (auto s = table_.Save(job); !s)
       LogError("cannot save job record", {{"error", s.error().ToString()}});
   }
-  if (auto thawed = ThawIfFrozen(job.cgroup); !thawed) {
+  auto thawed = ThawIfFrozen(job.cgroup);
+  if (!thawed) {
     // No cgroup (any more) is nothing frozen: not worth an error.
     if (thawed.error().kind() != ErrorKind::kNotFound) {
       LogError("cannot thaw job", {{"job", job.name}, {"error", thawed.error().ToString()}});
     }
-  } else if (*thawed) {
+    return;
+  }
+  if (*thawed) {
     LogWarn("thawed a job left frozen by an interrupted checkpoint", {{"job", job.name}});
   }
+  // The previous cryod's CRIU may still hold the job: it fails at its next
+  // word to the dead cryod and then leaves the job as it found it, frozen
+  // (cryod freezes jobs for their dump), before it lets go. One that was
+  // starting up may not hold it yet. Watch the job a while and thaw it
+  // whenever no CRIU holds it.
+  if (!*thawed && !CgroupTraced(job.cgroup).value_or(false)) return;
+  thaw_guards_.emplace_back(
+      [this, id = job.id, name = job.name, cgroup = job.cgroup](std::stop_token stop) {
+        using Clock = std::chrono::steady_clock;
+        auto quiet_until = Clock::now() + std::chrono::seconds(5);
+        auto give_up = Clock::now() + std::chrono::seconds(60);
+        while (!stop.stop_requested() && Clock::now() < give_up) {
+          bool held = CgroupTraced(cgroup).value_or(false) || IsCheckpointing(id);
+          if (held) {
+            quiet_until = Clock::now() + std::chrono::seconds(5);
+          } else if (Clock::now() >= quiet_until) {
+            break;
+          } else if (auto t = ThawIfFrozen(cgroup); t && *t) {
+            LogWarn("thawed a job a CRIU of the previous cryod left frozen", {{"job", name}});
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+      });
 }
 
 void Supervisor::MarkLost(JobRecord& job) {

@@ -121,6 +121,9 @@ class Supervisor {
   UniqueFd wake_;     // eventfd: stop the watch loop
   UniqueFd sigchld_;  // signalfd: reap children
   std::thread watcher_;
+  // Thaw jobs a CRIU of the previous cryod may still freeze; last, so they
+  // stop before the rest goes.
+  std::vector<std::jthread> thaw_guards_;
 };
 
 }  // namespace cryo

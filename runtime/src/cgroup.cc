@@ -202,6 +202,23 @@ Result<bool> ThawIfFrozen(const std::string& path) {
   return *frozen;
 }
 
+Result<bool> CgroupTraced(const std::string& path) {
+  auto pids = CgroupPids(path);
+  if (!pids) return std::unexpected(pids.error());
+  for (pid_t pid : *pids) {
+    auto status = ReadFileToString(ProcFile(pid, "status"));
+    if (!status) continue;  // gone
+    size_t at = status->find("\nTracerPid:");
+    if (at == std::string::npos) continue;
+    pid_t tracer = 0;
+    const char* p = status->data() + at + 11;
+    while (*p == ' ' || *p == '\t') ++p;
+    std::from_chars(p, status->data() + status->size(), tracer);
+    if (tracer != 0) return true;
+  }
+  return false;
+}
+
 Result<std::chrono::milliseconds> FreezeForDump(const std::string& path,
                                                 std::chrono::milliseconds timeout) {
   using Clock = std::chrono::steady_clock;

@@ -22,6 +22,10 @@ Result<std::vector<pid_t>> CgroupPids(const std::string& path);
 // Leaves the directory alone.
 Result<bool> ThawIfFrozen(const std::string& path);
 
+// Whether a process of the cgroup at `path` is being traced (ptrace): a CRIU
+// holds it.
+Result<bool> CgroupTraced(const std::string& path);
+
 // Freezes the job cgroup at `path` at a moment when no two of its processes
 // share an address space, for CRIU to dump; returns how long that took.
 // A vfork() child that has not exec'd yet shares its parent's, and the
