@@ -103,12 +103,13 @@ CheckpointService::CheckpointService(Supervisor& supervisor, std::unique_ptr<Sto
       scratch_(std::move(scratch)),
       options_(std::move(options)) {}
 
-Status CheckpointService::Publish(Manifest& m, ImageStoring& storing, const std::string& images_dir,
+Status CheckpointService::Publish(Manifest& m, const std::string& images_dir,
                                   ProgressMeter* progress) {
   auto start = Clock::now();
   StoreStats stats;
   BeginPhase(progress, "store", DirectoryBytes(images_dir));
-  auto files = storing.Finish(&stats, progress ? progress->Counter() : nullptr);
+  auto files = StoreImages(images_dir, *store_, key_, &stats,
+                           progress ? progress->Counter() : nullptr, m.chunk_hash);
   if (!files) return std::unexpected(files.error().WithContext("store images in " + store_->url()));
   m.files = std::move(*files);
   m.image_bytes = stats.bytes;
@@ -203,15 +204,12 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   // soon as the images are complete and store afterwards.
   auto start = Clock::now();
   BeginPhase(progress, "dump", 0, [dir = work->images()] { return DirectoryBytes(dir); });
-  // Storing begins as CRIU writes the pages, on the core it leaves free.
-  auto storing = ImageStoring::Start(work->images(), *store_, key_, {.hash = m.chunk_hash});
   Status stored;
   bool published_in_commit = false;
   auto commit = [&]() -> Status {
     m.phases["dump"] = MillisSince(start);
-    LogInfo("images complete", {{"job", job->name}, {"id", m.id}});
     if (stop) {
-      stored = Publish(m, *storing, work->images(), progress);
+      stored = Publish(m, work->images(), progress);
       published_in_commit = stored.has_value();
     }
     return stored;
@@ -251,7 +249,7 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   // unless --stop published it during the dump.
   SplitFreezeFromDump(m.phases, work->path(), *frozen);
   if (!stop) {
-    if (auto s = Publish(m, *storing, work->images(), progress); !s) {
+    if (auto s = Publish(m, work->images(), progress); !s) {
       LogWarn("checkpoint not stored", {{"job", job->name}, {"error", s.error().ToString()}});
       return std::unexpected(s.error().WithContext(context));
     }

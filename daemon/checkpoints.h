@@ -114,10 +114,7 @@ class CheckpointService {
  private:
   // Loads and authenticates the manifest REF names, if the caller may see it.
   Result<Manifest> Resolve(const Caller& caller, std::string_view ref);
-  // Finishes storing the images in `images_dir` (begun by `storing` while
-  // CRIU wrote them), then publishes the manifest and the job's reference.
-  Status Publish(Manifest& manifest, ImageStoring& storing, const std::string& images_dir,
-                 ProgressMeter* progress);
+  Status Publish(Manifest& manifest, const std::string& images_dir, ProgressMeter* progress);
   struct Referenced {
     std::set<std::string> chunk_keys;  // ChunkKey()s the manifests name
     uint64_t manifests = 0;            // readable manifests

@@ -8,8 +8,6 @@
 #include <fcntl.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <pthread.h>
-#include <sched.h>
 #include <sodium.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -18,7 +16,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -29,7 +26,6 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
-#include <stop_token>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -324,40 +320,28 @@ class ChunkQueue {
   bool closed_ = false;
 };
 
-// Runs `thread` at idle priority (only on a core nothing else wants) or, with
-// `idle` false, at normal priority again. Best effort.
-void SetIdle(pthread_t thread, bool idle) {
-  sched_param param{};
-  (void)::pthread_setschedparam(thread, idle ? SCHED_IDLE : SCHED_OTHER, &param);
-}
-
 class ImageUploader {
  public:
-  ImageUploader(Store& store, const Key& key, ChunkHash hash) : store_(store), hasher_(key, hash) {}
-  // Without Finish(): lets the workers drain the queue and end.
-  ~ImageUploader() { queue_.Close(); }
-
-  // Registers the image file `name`; returns its number. Cutting thread only.
-  size_t AddFile(std::string name) {
-    std::lock_guard lock(mu_);
-    names_.push_back(std::move(name));
-    results_.emplace_back();
-    cut_counts_.push_back(0);
-    return names_.size() - 1;
-  }
+  ImageUploader(Store& store, const Key& key, ChunkHash hash, std::vector<ImageFile>& files,
+                const ImageProgress& progress)
+      : store_(store), hasher_(key, hash), files_(files), progress_(progress) {}
 
   // Cuts chunks of file number `file` from `window`, the file's bytes from
   // the end of its last chunk so far, held by `buffer`, and queues them.
   // Unless `last` (the window reaches the end of the file), stops where a cut
   // could depend on bytes beyond the window. Returns the bytes it cut.
   size_t Cut(size_t file, std::string_view window, const std::shared_ptr<char>& buffer, bool last) {
+    if (file != cut_file_) {
+      cut_file_ = file;
+      cut_index_ = 0;
+    }
     const auto* p = reinterpret_cast<const unsigned char*>(window.data());
     size_t offset = 0;
     while (offset < window.size() && !errors_.failed()) {
       size_t left = window.size() - offset;
       if (!last && left < kMaxChunk) break;
       size_t len = ChunkLength(p + offset, left);
-      queue_.Push({window.substr(offset, len), buffer, file, cut_counts_[file]++, order_++});
+      queue_.Push({window.substr(offset, len), buffer, file, cut_index_++, order_++});
       offset += len;
     }
     return offset;
@@ -366,39 +350,24 @@ class ImageUploader {
   void SetError(Error error) { errors_.Set(order_, std::move(error)); }
   bool failed() const { return errors_.failed(); }
 
-  // Runs the workers until Finish(), at idle priority if `idle`.
-  void Start(bool idle) {
+  // Runs the workers until Finish().
+  void Start() {
     for (size_t i = 0; i < WorkerCount(); ++i) workers_.emplace_back([this] { Work(); });
-    if (idle) SetPriority(true);
   }
-  void SetPriority(bool idle) {
-    for (auto& worker : workers_) SetIdle(worker.native_handle(), idle);
-  }
-  // From now on tells `progress` of every chunk done, starting with those
-  // done so far.
-  void Report(const ImageProgress* progress) {
-    std::lock_guard lock(progress_mu_);
-    progress_ = progress;
-    if (progress_ && *progress_ && done_bytes_ > 0) (*progress_)(done_bytes_);
-  }
-  // Waits for the workers; `sizes` gives the size of each file (by number),
-  // and the files are listed in `order`.
-  Result<std::vector<ImageFile>> Finish(const std::vector<size_t>& order,
-                                        const std::vector<uint64_t>& sizes, StoreStats* stats) {
+  Status Finish(StoreStats* stats) {
     queue_.Close();
     workers_.clear();  // joins
-    if (auto s = errors_.status(); !s) return std::unexpected(s.error());
+    if (auto s = errors_.status(); !s) return s;
     StoreStats total;
-    std::vector<ImageFile> files;
-    for (size_t f : order) {
-      files.push_back({names_[f], sizes[f], std::move(results_[f])});
-      total.bytes += sizes[f];
-      total.chunks += files.back().chunks.size();
+    for (size_t f = 0; f < files_.size(); ++f) {
+      files_[f].chunks = std::move(results_[f]);
+      total.bytes += files_[f].size;
+      total.chunks += files_[f].chunks.size();
     }
     total.new_bytes = new_bytes_;
     total.new_chunks = new_chunks_;
     if (stats != nullptr) *stats = total;
-    return files;
+    return {};
   }
 
  private:
@@ -408,19 +377,12 @@ class ImageUploader {
     while (auto task = queue_.Pop()) {
       if (errors_.failed()) continue;  // drain
       if (auto s = Upload(*task, cctx.get(), encoded); !s) {
-        errors_.Set(task->order, s.error().WithContext("image " + Name(task->file) + ": chunk " +
-                                                       std::to_string(task->index)));
-        continue;
+        errors_.Set(task->order, s.error().WithContext("image " + files_[task->file].name +
+                                                       ": chunk " + std::to_string(task->index)));
+      } else if (progress_) {
+        progress_(task->data.size());
       }
-      std::lock_guard lock(progress_mu_);
-      done_bytes_ += task->data.size();
-      if (progress_ && *progress_) (*progress_)(task->data.size());
     }
-  }
-
-  std::string Name(size_t file) {
-    std::lock_guard lock(mu_);
-    return names_[file];
   }
 
   Status Upload(const ChunkTask& task, ZSTD_CCtx* cctx, std::string& encoded) {
@@ -450,19 +412,18 @@ class ImageUploader {
 
   Store& store_;
   ChunkHasher hasher_;
+  std::vector<ImageFile>& files_;
+  const ImageProgress& progress_;
   ChunkQueue queue_{4 * WorkerCount()};
   FirstError errors_;
   // Used by the cutting thread only:
   size_t order_ = 0;
-  std::vector<size_t> cut_counts_;  // chunks cut so far, by file
+  size_t cut_file_ = SIZE_MAX;
+  size_t cut_index_ = 0;
   std::atomic<uint64_t> new_bytes_{0};
   std::atomic<uint64_t> new_chunks_{0};
-  std::mutex progress_mu_;  // guards the two below
-  const ImageProgress* progress_ = nullptr;
-  uint64_t done_bytes_ = 0;
-  std::mutex mu_;  // guards the three below
-  std::deque<std::string> names_;
-  std::deque<std::vector<ChunkRef>> results_;
+  std::mutex mu_;  // guards the two below
+  std::vector<std::vector<ChunkRef>> results_{files_.size()};
   std::unordered_set<std::string> seen_;
   std::vector<std::jthread> workers_;  // last: joined before the rest is destroyed
 };
@@ -471,22 +432,20 @@ class ImageUploader {
 // the next, and those whose chunks the workers still hash.
 constexpr size_t kReadBuffers = 4;
 
-// Reads the image file at `path` (number `file`) from `start`, the end of
-// its last chunk so far, into buffers of `buffers` and cuts it into chunks
-// for `uploader`; each buffer's last partial chunk starts the next. Returns
-// the file's size.
-Result<uint64_t> ReadAndCut(const std::string& path, size_t file, uint64_t start,
-                            BufferPool& buffers, ImageUploader& uploader) {
+// Reads the image file at `path` (number `file`) into buffers of `buffers`
+// and cuts it into chunks for `uploader`; each buffer's last partial chunk
+// starts the next. Returns the file's size.
+Result<uint64_t> ReadAndCut(const std::string& path, size_t file, BufferPool& buffers,
+                            ImageUploader& uploader) {
   auto fd = OpenFile(path, O_RDONLY | O_NOFOLLOW);
   if (!fd) return std::unexpected(fd.error());
   struct stat st {};
   if (::fstat(fd->get(), &st) != 0) return SysFail("stat " + path);
   if (!S_ISREG(st.st_mode)) return Fail(ErrorKind::kInvalidArgument, path + " is not a file");
   const auto size = static_cast<uint64_t>(st.st_size);
-  if (size < start) return Fail(ErrorKind::kInternal, path + " shrank while it was being stored");
   std::shared_ptr<char> buffer = buffers.Take();
-  uint64_t offset = start;  // of the buffer's first byte in the file
-  size_t have = 0;          // bytes in the buffer
+  uint64_t offset = 0;  // of the buffer's first byte in the file
+  size_t have = 0;      // bytes in the buffer
   for (;;) {
     while (have < BufferPool::kBufferBytes && offset + have < size) {
       size_t want = static_cast<size_t>(
@@ -506,13 +465,6 @@ Result<uint64_t> ReadAndCut(const std::string& path, size_t file, uint64_t start
     have -= cut;
     buffer = std::move(next);
   }
-}
-
-// CRIU's memory pages images: the bulk of a checkpoint. CRIU only appends
-// to them (page-xfer.c splices each batch of pages at the file position),
-// so what has been written does not change.
-bool IsPagesImage(std::string_view name) {
-  return name.starts_with("pages-") && name.ends_with(".img");
 }
 
 // ---------------------------------------------------------------------------
@@ -767,129 +719,27 @@ std::string ChunkKey(std::string_view hash) {
 std::string ManifestKey(std::string_view id) { return "manifests/" + std::string(id); }
 std::string LatestRefKey(std::string_view job) { return "refs/" + std::string(job) + "/latest"; }
 
-struct ImageStoring::State {
-  State(std::string images_dir, Store& store, const Key& key, ChunkHash hash)
-      : dir(std::move(images_dir)), uploader(store, key, hash) {}
-
-  // A pages image being stored while CRIU appends to it.
-  struct Followed {
-    size_t file;  // number in the uploader
-    UniqueFd fd;
-    uint64_t offset = 0;  // the end of its last chunk so far
-  };
-
-  void Follow(std::stop_token stop) {
-    while (!stop.stop_requested() && !uploader.failed()) {
-      bool progressed = false;
-      if (auto names = ListRegularFiles(dir)) {
-        for (const auto& name : *names) {
-          if (IsPagesImage(name) && !stop.stop_requested()) progressed |= FollowOnce(name);
-        }
-      }
-      if (!progressed) {
-        std::unique_lock lock(mu);
-        wake.wait_for(lock, stop, std::chrono::milliseconds(5), [] { return false; });
-      }
-    }
-  }
-
-  // Cuts what CRIU has added to `name` since the last call, as far as the
-  // cuts cannot depend on bytes still to come. Returns whether it cut any.
-  bool FollowOnce(const std::string& name) {
-    auto it = followed.find(name);
-    if (it == followed.end()) {
-      auto fd = OpenFile(dir + "/" + name, O_RDONLY | O_NOFOLLOW);
-      if (!fd) return false;
-      it = followed.emplace(name, Followed{uploader.AddFile(name), std::move(*fd)}).first;
-    }
-    Followed& f = it->second;
-    struct stat st {};
-    if (::fstat(f.fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
-    auto size = static_cast<uint64_t>(st.st_size);
-    // Worth a read once a few chunks can be cut.
-    if (size < f.offset + 2 * kMaxChunk) return false;
-    std::shared_ptr<char> buffer = buffers.Take();
-    size_t want =
-        static_cast<size_t>(std::min<uint64_t>(size - f.offset, BufferPool::kBufferBytes));
-    size_t have = 0;
-    while (have < want) {
-      ssize_t n = ::pread(f.fd.get(), buffer.get() + have, want - have,
-                          static_cast<off_t>(f.offset + have));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;  // Finish() reads it again and says what is wrong
-      have += static_cast<size_t>(n);
-    }
-    size_t cut = uploader.Cut(f.file, {buffer.get(), have}, buffer, /*last=*/false);
-    f.offset += cut;
-    return cut > 0;
-  }
-
-  const std::string dir;
-  BufferPool buffers{kReadBuffers};  // declared first: outlives the workers that read them
-  ImageUploader uploader;
-  std::map<std::string, Followed> followed;  // the follower's until it has ended
-  std::mutex mu;
-  std::condition_variable_any wake;
-  std::jthread follower;  // last: stopped and joined before the rest is destroyed
-};
-
-ImageStoring::ImageStoring(std::unique_ptr<State> state) : state_(std::move(state)) {}
-ImageStoring::~ImageStoring() = default;
-
-std::unique_ptr<ImageStoring> ImageStoring::Start(std::string dir, Store& store, const Key& key,
-                                                  const Options& options) {
-  auto state = std::make_unique<State>(std::move(dir), store, key, options.hash);
-  bool idle = options.follow_pages && options.idle;
-  state->uploader.Start(idle);
-  if (options.follow_pages) {
-    state->follower = std::jthread([s = state.get()](std::stop_token stop) { s->Follow(stop); });
-    if (idle) SetIdle(state->follower.native_handle(), true);
-  }
-  return std::unique_ptr<ImageStoring>(new ImageStoring(std::move(state)));
-}
-
-Result<std::vector<ImageFile>> ImageStoring::Finish(StoreStats* stats,
-                                                    const ImageProgress& progress) {
-  State& s = *state_;
-  // At normal priority first, or a busy machine could keep them waiting.
-  s.uploader.SetPriority(/*idle=*/false);
-  if (s.follower.joinable()) {
-    SetIdle(s.follower.native_handle(), false);
-    s.follower.request_stop();
-    s.follower.join();
-  }
-  s.uploader.Report(&progress);
-  std::vector<size_t> order;    // file numbers, by name
-  std::vector<uint64_t> sizes;  // by file number
-  auto names = ListRegularFiles(s.dir);
-  if (!names) s.uploader.SetError(names.error());
-  for (size_t i = 0; names && i < names->size() && !s.uploader.failed(); ++i) {
-    const std::string& name = (*names)[i];
-    size_t file;
-    uint64_t start = 0;
-    if (auto it = s.followed.find(name); it != s.followed.end()) {
-      file = it->second.file;
-      start = it->second.offset;
-    } else {
-      file = s.uploader.AddFile(name);
-    }
-    order.push_back(file);
-    sizes.resize(std::max(sizes.size(), file + 1));
-    auto size = ReadAndCut(s.dir + "/" + name, file, start, s.buffers, s.uploader);
-    if (!size) {
-      s.uploader.SetError(size.error());
-      break;
-    }
-    sizes[file] = *size;
-  }
-  return s.uploader.Finish(order, sizes, stats);
-}
-
 Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store, const Key& key,
                                            StoreStats* stats, const ImageProgress& progress,
                                            ChunkHash hash) {
-  return ImageStoring::Start(dir, store, key, {.hash = hash, .follow_pages = false})
-      ->Finish(stats, progress);
+  auto names = ListRegularFiles(dir);
+  if (!names) return std::unexpected(names.error());
+  std::vector<ImageFile> files(names->size());
+  for (size_t f = 0; f < files.size(); ++f) files[f].name = (*names)[f];
+
+  BufferPool buffers(kReadBuffers);  // declared first: outlives the workers that read them
+  ImageUploader uploader(store, key, hash, files, progress);
+  uploader.Start();
+  for (size_t f = 0; f < files.size() && !uploader.failed(); ++f) {
+    auto size = ReadAndCut(dir + "/" + files[f].name, f, buffers, uploader);
+    if (!size) {
+      uploader.SetError(size.error());
+      break;
+    }
+    files[f].size = *size;
+  }
+  if (auto s = uploader.Finish(stats); !s) return std::unexpected(s.error());
+  return files;
 }
 
 Status FetchImages(const std::vector<ImageFile>& files, ChunkHash hash, Store& store,

@@ -625,11 +625,13 @@ TEST(Checkpoint, CriuDyingAfterAStopCheckpointIsStoredStillEndsTheJob) {
             0);
   ASSERT_TRUE(WaitForOutput(d, "k", "ready"));
   BackgroundCommand ck(d.CryoArgv({"checkpoint", "--stop", "k"}), d.WithSocket({}));
-  // Chunks appear while CRIU writes the pages; the daemon says when the
-  // images are complete, and the rest of the store phase begins.
+  // Chunks appear only once the dump is complete and storing has begun.
   pid_t criu = 0;
   ASSERT_TRUE(WaitUntil([&] {
-    if (d.DaemonLog().find("msg=\"images complete\"") == std::string::npos) return false;
+    std::error_code ec;
+    if (!std::filesystem::exists(StoreDir(d) + "/chunks", ec) ||
+        std::filesystem::is_empty(StoreDir(d) + "/chunks", ec))
+      return false;
     return (criu = ChildNamed(d.pid(), "criu")) != 0;
   })) << "never saw the store phase";
   ASSERT_EQ(kill(criu, SIGKILL), 0);

@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <functional>
 #include <map>
 #include <random>
 #include <set>
@@ -272,89 +271,6 @@ TEST(StoreImagesTest, FilesLargerThanAReadBufferAreCutAsAWhole) {
   TempDir out;
   ASSERT_TRUE(FetchImages(*files, kCurrentChunkHash, store, key, out.path()).has_value());
   EXPECT_TRUE(ReadOrDie(out.Join("pages-1.img")) == data);
-}
-
-// Appends `data` to `path` in pieces of uneven sizes, as CRIU appends
-// batches of pages to a pages image.
-void AppendInPieces(const std::string& path, std::string_view data, uint64_t seed) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-  ASSERT_GE(fd, 0) << path;
-  std::mt19937_64 rng(seed);
-  while (!data.empty()) {
-    size_t n = std::min<size_t>(data.size(), 1 + rng() % (3 * kMiB));
-    ASSERT_EQ(::write(fd, data.data(), n), static_cast<ssize_t>(n));
-    data.remove_prefix(n);
-  }
-  ::close(fd);
-}
-
-// Waits up to 20 s for `done`.
-bool Eventually(const std::function<bool()>& done) {
-  for (int i = 0; i < 2000 && !done(); ++i) ::usleep(10000);
-  return done();
-}
-
-// Pages images stored while they are written (ImageStoring follows them)
-// give the chunks of the whole files, and the pages are stored before
-// Finish(): the work is done during the dump.
-TEST(ImageStoringTest, PagesStoredWhileWrittenAreCutAsTheWholeFiles) {
-  TempDir images;
-  std::string first = RandomBytes(21 * kMiB + 5, 1) + std::string(4 * kMiB, '\0');
-  std::string second = RandomBytes(6 * kMiB + 77, 2);
-  std::string later = RandomBytes(9 * kMiB + 1, 3);
-  MemoryStore store;
-  Key key = TestKey();
-  // At normal priority: a busy machine (tests in parallel) would leave idle
-  // threads nothing before Finish().
-  auto storing = ImageStoring::Start(images.path(), store, key, {.idle = false});
-  AppendInPieces(images.Join("pages-1.img"), first, 10);
-  AppendInPieces(images.Join("pages-2.img"), second, 11);
-  // Most of both is stored while the files stay open for more.
-  EXPECT_TRUE(Eventually([&] { return store.object_count() >= 60; }))
-      << store.object_count() << " chunks stored during the dump";
-  AppendInPieces(images.Join("pages-1.img"), later, 12);
-  WriteOrDie(images.Join("core-1.img"), "core");
-  WriteOrDie(images.Join("pagemap-1.img"), RandomBytes(5000, 4));
-  StoreStats stats;
-  std::vector<uint64_t> progress;
-  auto files = storing->Finish(&stats, [&](uint64_t n) { progress.push_back(n); });
-  ASSERT_TRUE(files.has_value()) << files.error().ToString();
-
-  // The same as storing the complete directory.
-  MemoryStore whole_store;
-  StoreStats whole_stats;
-  auto whole = StoreImages(images.path(), whole_store, key, &whole_stats);
-  ASSERT_TRUE(whole.has_value()) << whole.error().ToString();
-  ASSERT_EQ(files->size(), whole->size());
-  for (size_t i = 0; i < files->size(); ++i) {
-    EXPECT_EQ((*files)[i].name, (*whole)[i].name);
-    EXPECT_EQ((*files)[i].size, (*whole)[i].size);
-    std::vector<std::string> got, want;
-    for (const auto& c : (*files)[i].chunks) got.push_back(c.hash);
-    for (const auto& c : (*whole)[i].chunks) want.push_back(c.hash);
-    EXPECT_TRUE(got == want) << (*files)[i].name << ": chunks differ";
-  }
-  EXPECT_EQ(stats.bytes, whole_stats.bytes);
-  EXPECT_EQ(stats.chunks, whole_stats.chunks);
-  EXPECT_EQ(stats.new_bytes, whole_stats.new_bytes);
-  EXPECT_EQ(store.object_count(), whole_store.object_count());
-  uint64_t reported = 0;
-  for (uint64_t n : progress) reported += n;
-  EXPECT_EQ(reported, stats.bytes) << "progress counts every byte once";
-  TempDir out;
-  ASSERT_TRUE(FetchImages(*files, kCurrentChunkHash, store, key, out.path()).has_value());
-  EXPECT_TRUE(ReadOrDie(out.Join("pages-1.img")) == first + later);
-  EXPECT_TRUE(ReadOrDie(out.Join("pages-2.img")) == second);
-}
-
-// A dump that fails: the storing is dropped without Finish(), and returns.
-TEST(ImageStoringTest, DroppedWithoutFinishStopsItsThreads) {
-  TempDir images;
-  MemoryStore store;
-  auto storing = ImageStoring::Start(images.path(), store, TestKey(), {.idle = false});
-  AppendInPieces(images.Join("pages-1.img"), RandomBytes(12 * kMiB, 5), 13);
-  EXPECT_TRUE(Eventually([&] { return store.object_count() > 0; }));
-  storing.reset();
 }
 
 TEST_F(ImagesTest, ChunksAreStoredRawOrCompressed) {

@@ -140,39 +140,6 @@ using ImageProgress = std::function<void(uint64_t bytes)>;
 Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store, const Key& key,
                                            StoreStats* stats, const ImageProgress& progress = {},
                                            ChunkHash hash = kCurrentChunkHash);
-// Stores a directory of image files as StoreImages does, but begins while
-// CRIU is still writing them: the memory pages images (pages-*.img), the
-// bulk of a checkpoint, which CRIU only appends to, are cut, hashed,
-// compressed and put as they grow, by threads at idle priority (SCHED_IDLE)
-// so that they use only a core the dump leaves free. Finish() once the
-// images are complete. Not thread-safe.
-class ImageStoring {
- public:
-  struct Options {
-    ChunkHash hash = kCurrentChunkHash;
-    bool follow_pages = true;  // false: nothing happens before Finish()
-    bool idle = true;          // the threads run at idle priority until Finish()
-  };
-  // Starts the workers and the thread that follows the pages images in `dir`.
-  static std::unique_ptr<ImageStoring> Start(std::string dir, Store& store, const Key& key,
-                                             const Options& options);
-  // Stops and waits for the threads. Chunks already put stay in the store,
-  // unreferenced until gc, if Finish() was not called.
-  ~ImageStoring();
-  ImageStoring(const ImageStoring&) = delete;
-  ImageStoring& operator=(const ImageStoring&) = delete;
-
-  // The files in `dir` are complete: stores the rest at normal priority
-  // and returns the file list for the manifest, as StoreImages does.
-  // `progress` first hears of the bytes stored so far. Call once.
-  Result<std::vector<ImageFile>> Finish(StoreStats* stats, const ImageProgress& progress = {});
-
- private:
-  struct State;
-  explicit ImageStoring(std::unique_ptr<State> state);
-  std::unique_ptr<State> state_;
-};
-
 // Fetches every chunk of `files` (named with `hash`), verifies it, and writes
 // the files into `dir` (which must exist), 0600. An error names the file and
 // chunk.
