@@ -108,8 +108,14 @@ Status CheckpointService::Publish(Manifest& m, const std::string& images_dir,
   auto start = Clock::now();
   StoreStats stats;
   BeginPhase(progress, "store", DirectoryBytes(images_dir));
+  // The images are read once: their memory (or disk space) goes back as they
+  // are read, and the chunks written next reuse it. In a VM whose balloon
+  // returns freed memory to the host, fresh memory costs a slow fault per
+  // page; reused, it does not (4 GiB: the store phase took 7.1-7.5 s instead
+  // of 9.4-9.6 s, with a quarter less CPU).
   auto files = StoreImages(images_dir, *store_, key_, &stats,
-                           progress ? progress->Counter() : nullptr, m.chunk_hash);
+                           progress ? progress->Counter() : nullptr, m.chunk_hash,
+                           /*consume=*/true);
   if (!files) return std::unexpected(files.error().WithContext("store images in " + store_->url()));
   m.files = std::move(*files);
   m.image_bytes = stats.bytes;

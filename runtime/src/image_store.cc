@@ -436,8 +436,8 @@ constexpr size_t kReadBuffers = 4;
 // and cuts it into chunks for `uploader`; each buffer's last partial chunk
 // starts the next. Returns the file's size.
 Result<uint64_t> ReadAndCut(const std::string& path, size_t file, BufferPool& buffers,
-                            ImageUploader& uploader) {
-  auto fd = OpenFile(path, O_RDONLY | O_NOFOLLOW);
+                            ImageUploader& uploader, bool consume) {
+  auto fd = OpenFile(path, (consume ? O_RDWR : O_RDONLY) | O_NOFOLLOW);
   if (!fd) return std::unexpected(fd.error());
   struct stat st {};
   if (::fstat(fd->get(), &st) != 0) return SysFail("stat " + path);
@@ -454,6 +454,12 @@ Result<uint64_t> ReadAndCut(const std::string& path, size_t file, BufferPool& bu
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) return SysFail("read " + path);
       if (n == 0) return Fail(ErrorKind::kInternal, path + " shrank while it was being stored");
+      if (consume) {
+        // The bytes are in the buffer: give the file's memory back now, so
+        // that the chunks written next reuse it while it is still warm.
+        (void)::fallocate(fd->get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                          static_cast<off_t>(offset + have), n);
+      }
       have += static_cast<size_t>(n);
     }
     bool last = offset + have == size;
@@ -721,7 +727,7 @@ std::string LatestRefKey(std::string_view job) { return "refs/" + std::string(jo
 
 Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store, const Key& key,
                                            StoreStats* stats, const ImageProgress& progress,
-                                           ChunkHash hash) {
+                                           ChunkHash hash, bool consume) {
   auto names = ListRegularFiles(dir);
   if (!names) return std::unexpected(names.error());
   std::vector<ImageFile> files(names->size());
@@ -731,7 +737,7 @@ Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store,
   ImageUploader uploader(store, key, hash, files, progress);
   uploader.Start();
   for (size_t f = 0; f < files.size() && !uploader.failed(); ++f) {
-    auto size = ReadAndCut(dir + "/" + files[f].name, f, buffers, uploader);
+    auto size = ReadAndCut(dir + "/" + files[f].name, f, buffers, uploader, consume);
     if (!size) {
       uploader.SetError(size.error());
       break;

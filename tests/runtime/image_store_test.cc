@@ -273,6 +273,44 @@ TEST(StoreImagesTest, FilesLargerThanAReadBufferAreCutAsAWhole) {
   EXPECT_TRUE(ReadOrDie(out.Join("pages-1.img")) == data);
 }
 
+// Consuming the images gives the same chunks, and leaves the files holes
+// of their size: their space went back as they were read.
+TEST(StoreImagesTest, ConsumedImagesGiveTheSameChunksAndTheirSpaceBack) {
+  std::string pages = RandomBytes(19 * kMiB + 11, 21) + std::string(2 * kMiB, '\0');
+  std::string core = RandomBytes(70 * kKiB, 22);
+  TempDir kept, consumed;
+  for (const TempDir* dir : {&kept, &consumed}) {
+    WriteOrDie(dir->Join("pages-1.img"), pages);
+    WriteOrDie(dir->Join("core-1.img"), core);
+  }
+  MemoryStore store;
+  Key key = TestKey();
+  auto want = StoreImages(kept.path(), store, key, nullptr);
+  ASSERT_TRUE(want.has_value()) << want.error().ToString();
+  MemoryStore other;
+  auto got = StoreImages(consumed.path(), other, key, nullptr, {}, kCurrentChunkHash,
+                         /*consume=*/true);
+  ASSERT_TRUE(got.has_value()) << got.error().ToString();
+  ASSERT_EQ(got->size(), want->size());
+  for (size_t i = 0; i < got->size(); ++i) {
+    EXPECT_EQ((*got)[i].size, (*want)[i].size);
+    ASSERT_EQ((*got)[i].chunks.size(), (*want)[i].chunks.size());
+    for (size_t c = 0; c < (*got)[i].chunks.size(); ++c)
+      EXPECT_EQ((*got)[i].chunks[c].hash, (*want)[i].chunks[c].hash) << (*got)[i].name;
+  }
+  EXPECT_EQ(other.object_count(), store.object_count());
+  for (const auto& [name, data] : {std::pair{"pages-1.img", &pages}, {"core-1.img", &core}}) {
+    struct stat st {};
+    ASSERT_EQ(::stat(consumed.Join(name).c_str(), &st), 0);
+    EXPECT_EQ(static_cast<size_t>(st.st_size), data->size()) << name;
+    EXPECT_LT(st.st_blocks * 512, 64 * 1024) << name << " still holds its data";
+    EXPECT_EQ(ReadOrDie(consumed.Join(name)), std::string(data->size(), '\0')) << name;
+  }
+  TempDir out;
+  ASSERT_TRUE(FetchImages(*got, kCurrentChunkHash, other, key, out.path()).has_value());
+  EXPECT_TRUE(ReadOrDie(out.Join("pages-1.img")) == pages);
+}
+
 TEST_F(ImagesTest, ChunksAreStoredRawOrCompressed) {
   std::vector<ImageFile> files = StoreOrDie();
   auto random_chunk = store_.Get(PagesChunkKey(files));

@@ -136,10 +136,12 @@ using ImageProgress = std::function<void(uint64_t bytes)>;
 // Chunks every regular file in `dir` (sorted by name), names the chunks with
 // `hash`, compresses new chunks with zstd and puts them into `store`
 // (PutIfAbsent), in parallel. Does not Flush. Returns the file list for the
-// manifest.
+// manifest. With `consume`, the files' space is given back as they are read
+// (hole punching): they keep their size but read as zeros afterwards.
 Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store, const Key& key,
                                            StoreStats* stats, const ImageProgress& progress = {},
-                                           ChunkHash hash = kCurrentChunkHash);
+                                           ChunkHash hash = kCurrentChunkHash,
+                                           bool consume = false);
 // Fetches every chunk of `files` (named with `hash`), verifies it, and writes
 // the files into `dir` (which must exist), 0600. An error names the file and
 // chunk.
