@@ -238,10 +238,10 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
     if (auto pids = CgroupPids(job->cgroup)) {
       for (pid_t pid : *pids) ::kill(pid, SIGKILL);
     }
-    (void)ThawIfFrozen(job->cgroup);  // a frozen task dies only once thawed
     dumped = {};
   }
-  // CRIU leaves the job frozen as it found it, also when it fails.
+  // CRIU leaves the job frozen as it found it, also when it fails (and a
+  // task killed above dies only once thawed).
   if (auto thawed = ThawIfFrozen(job->cgroup); !thawed && (!dumped || !stop)) {
     LogError("cannot thaw the job after its dump",
              {{"job", job->name}, {"error", thawed.error().ToString()}});

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "cryo/file_util.h"
+#include "cryo/process.h"
 
 namespace cryo {
 namespace {
@@ -47,18 +48,7 @@ std::string ProcFile(pid_t pid, const char* name) {
 
 // The size of `pid`'s address space (field 23 of /proc/PID/stat); 0 when it
 // has none (a zombie) or is gone.
-uint64_t VirtualSize(pid_t pid) {
-  auto stat = ReadFileToString(ProcFile(pid, "stat"));
-  if (!stat) return 0;
-  size_t pos = stat->rfind(')');  // the name may hold spaces and parentheses
-  for (int field = 2; field < 23 && pos != std::string::npos; ++field) {
-    pos = stat->find(' ', pos + 1);
-  }
-  if (pos == std::string::npos) return 0;
-  uint64_t size = 0;
-  std::from_chars(stat->data() + pos + 1, stat->data() + stat->size(), size);
-  return size;
-}
+uint64_t VirtualSize(pid_t pid) { return ProcStatField(pid, 23).value_or(0); }
 
 bool SameAddressSpace(pid_t a, pid_t b) { return ::syscall(SYS_kcmp, a, b, KCMP_VM, 0, 0) == 0; }
 
@@ -168,20 +158,17 @@ Result<bool> Cgroup::IsFullyFrozen() const {
   return events->find("frozen 1") != std::string::npos;
 }
 
-Status Cgroup::Freeze() {
-  bool v1 = version_ == Version::kV1Freezer;
-  std::string file = path_ + (v1 ? "/freezer.state" : "/cgroup.freeze");
-  auto fd = OpenFile(file, O_WRONLY);
-  if (!fd) return std::unexpected(fd.error());
-  return WriteAll(fd->get(), v1 ? "FROZEN" : "1");
-}
+Status Cgroup::Freeze() { return WriteFreezer(true); }
 
-Status Cgroup::Thaw() {
+Status Cgroup::Thaw() { return WriteFreezer(false); }
+
+Status Cgroup::WriteFreezer(bool frozen) {
   bool v1 = version_ == Version::kV1Freezer;
   std::string file = path_ + (v1 ? "/freezer.state" : "/cgroup.freeze");
   auto fd = OpenFile(file, O_WRONLY);
   if (!fd) return std::unexpected(fd.error());
-  return WriteAll(fd->get(), v1 ? "THAWED" : "0");
+  if (v1) return WriteAll(fd->get(), frozen ? "FROZEN" : "THAWED");
+  return WriteAll(fd->get(), frozen ? "1" : "0");
 }
 
 Status Cgroup::KillAndRemove() {

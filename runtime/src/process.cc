@@ -18,26 +18,29 @@
 
 namespace cryo {
 
-Result<uint64_t> ProcessStartTime(pid_t pid) {
+Result<uint64_t> ProcStatField(pid_t pid, int field) {
   auto stat = ReadFileToString("/proc/" + std::to_string(pid) + "/stat");
   if (!stat) return std::unexpected(stat.error());
   // Field 2 (comm) may hold spaces and parentheses: count from the last ')'.
   size_t pos = stat->rfind(')');
   if (pos == std::string::npos)
     return Fail(ErrorKind::kCorrupt, "bad /proc stat for " + std::to_string(pid));
-  // After ") " come fields 3, 4, ...; starttime is field 22.
+  // After ") " come fields 3, 4, ...
   if (pos + 2 > stat->size()) return Fail(ErrorKind::kCorrupt, "short /proc stat");
   std::string_view rest = std::string_view(*stat).substr(pos + 2);
-  for (int field = 3; field < 22; ++field) {
+  for (int f = 3; f < field; ++f) {
     size_t sp = rest.find(' ');
     if (sp == std::string_view::npos) return Fail(ErrorKind::kCorrupt, "short /proc stat");
     rest.remove_prefix(sp + 1);
   }
   uint64_t value = 0;
   auto [ptr, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), value);
-  if (ec != std::errc()) return Fail(ErrorKind::kCorrupt, "bad starttime in /proc stat");
+  if (ec != std::errc())
+    return Fail(ErrorKind::kCorrupt, "bad field " + std::to_string(field) + " in /proc stat");
   return value;
 }
+
+Result<uint64_t> ProcessStartTime(pid_t pid) { return ProcStatField(pid, 22); }
 
 Result<std::vector<pid_t>> ChildPids(pid_t pid) {
   std::string task_dir = "/proc/" + std::to_string(pid) + "/task";

@@ -77,6 +77,8 @@ class Cgroup {
 
  private:
   Cgroup(std::string path, Version version) : path_(std::move(path)), version_(version) {}
+  // Writes the freezer's state file (freezer.state or cgroup.freeze).
+  Status WriteFreezer(bool frozen);
   std::string path_;
   Version version_;
 };

@@ -14,6 +14,9 @@
 
 namespace cryo {
 
+// Numeric field `field` (counted from 1, as in proc(5); 3 or more) of
+// /proc/PID/stat.
+Result<uint64_t> ProcStatField(pid_t pid, int field);
 // The start time of `pid` in clock ticks since boot (/proc/PID/stat field
 // 22). A pid plus its start time names one process for the life of the boot.
 Result<uint64_t> ProcessStartTime(pid_t pid);
