@@ -14,6 +14,7 @@
 #include <set>
 #include <utility>
 
+#include "criu_image_fixes.h"
 #include "criu_stats.h"
 #include "cryo/cgroup.h"
 #include "cryo/checkpointer.h"
@@ -106,6 +107,15 @@ CheckpointService::CheckpointService(Supervisor& supervisor, std::unique_ptr<Sto
 Status CheckpointService::Publish(Manifest& m, const std::string& images_dir,
                                   ProgressMeter* progress) {
   auto start = Clock::now();
+  // A correction that cannot be made leaves the images as CRIU wrote them:
+  // they restore as well as CRIU alone would restore them.
+  if (auto fixed = FixDumpedImages(images_dir); !fixed) {
+    LogWarn("CRIU's images left uncorrected",
+            {{"job", m.job}, {"error", fixed.error().ToString()}});
+  } else if (*fixed > 0) {
+    LogInfo("expired periodic timerfds re-armed in the images",
+            {{"job", m.job}, {"count", std::to_string(*fixed)}});
+  }
   StoreStats stats;
   BeginPhase(progress, "store", DirectoryBytes(images_dir));
   // The images are read once: their memory (or disk space) goes back as they

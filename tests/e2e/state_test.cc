@@ -205,17 +205,10 @@ void ExpectEventLoopContinued(const std::vector<std::string>& mode) {
 // A one-shot timerfd armed again after each expiry.
 TEST(State, EventfdValueAndTimerfdInEpollContinue) { ExpectEventLoopContinued({}); }
 
-// Disabled: CRIU 4.2.1 restores a periodic timerfd disarmed when it had
-// expired without being read at dump time, which is nearly always the case
-// for a 20 ms timer in a frozen job (CRIU issue #3162). The dump records
-// it_value 0 (the kernel reports no time remaining) and the restore calls
-// timerfd_settime() with it_value 0, which disarms the timer whatever its
-// interval; the pending expiry is delivered (TFD_IOC_SET_TICKS), then the
-// timer never fires again. Enable once the CRIU cryo builds carries a fix
-// (dump it_value = it_interval for an expired periodic timer).
-TEST(State, DISABLED_PeriodicTimerfdStillFiresAfterRestore) {
-  ExpectEventLoopContinued({"periodic"});
-}
+// A timer with a 20 ms interval has always expired, unread, by the time
+// the frozen job is dumped: CRIU 4.2 alone restores it disarmed (CRIU issue
+// #3162), and cryod re-arms it in the images (criu_image_fixes.h).
+TEST(State, PeriodicTimerfdStillFiresAfterRestore) { ExpectEventLoopContinued({"periodic"}); }
 
 TEST(State, SharedFileMappingContinuesAndReachesTheFile) {
   Cryod d;
