@@ -31,6 +31,8 @@ packages=(
   build-essential cmake pkg-config git clang-format
   libgtest-dev libgmock-dev libprotobuf-dev protobuf-compiler
   libcli11-dev nlohmann-json3-dev libsodium-dev libzstd-dev libssl-dev
+  # BLAKE3's C sources (chunk names), built into cryo: bookworm has no C library
+  librust-blake3-dev
   # CRIU build dependencies
   libprotobuf-c-dev protobuf-c-compiler python3-protobuf libnl-3-dev libcap-dev
   libnet1-dev libbsd-dev libgnutls28-dev libnftables-dev uuid-dev

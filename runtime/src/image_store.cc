@@ -4,6 +4,7 @@
 // runtime/FORMAT.md.
 #include "cryo/image_store.h"
 
+#include <blake3.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -71,7 +72,15 @@ SubKey DeriveSubKey(const Key& key, const char (&context)[crypto_kdf_CONTEXTBYTE
   return sub;
 }
 SubKey ChunkSubKey(const Key& key, ChunkHash hash) {
-  return DeriveSubKey(key, hash == ChunkHash::kBlake2b ? "cryochnk" : "cryohmac");
+  switch (hash) {
+    case ChunkHash::kBlake2b:
+      return DeriveSubKey(key, "cryochnk");
+    case ChunkHash::kHmacSha256:
+      return DeriveSubKey(key, "cryohmac");
+    case ChunkHash::kBlake3:
+      break;
+  }
+  return DeriveSubKey(key, "cryoblk3");
 }
 SubKey ManifestSubKey(const Key& key) { return DeriveSubKey(key, "cryomanf"); }
 
@@ -101,6 +110,17 @@ std::array<unsigned char, kHashBytes> HmacSha256(const SubKey& sub, std::string_
   return out;
 }
 
+static_assert(std::tuple_size_v<SubKey> == BLAKE3_KEY_LEN && BLAKE3_OUT_LEN == kHashBytes);
+
+std::array<unsigned char, kHashBytes> KeyedBlake3(const SubKey& sub, std::string_view data) {
+  blake3_hasher hasher;
+  blake3_hasher_init_keyed(&hasher, sub.data());
+  blake3_hasher_update(&hasher, data.data(), data.size());
+  std::array<unsigned char, kHashBytes> out;
+  blake3_hasher_finalize(&hasher, out.data(), out.size());
+  return out;
+}
+
 // Names chunks. Thread-safe. Zero chunks, common in memory images, are
 // hashed once per size.
 class ChunkHasher {
@@ -122,7 +142,15 @@ class ChunkHasher {
 
  private:
   std::string Compute(std::string_view data) const {
-    return ToHex(hash_ == ChunkHash::kBlake2b ? KeyedHash(key_, data) : HmacSha256(key_, data));
+    switch (hash_) {
+      case ChunkHash::kBlake2b:
+        return ToHex(KeyedHash(key_, data));
+      case ChunkHash::kHmacSha256:
+        return ToHex(HmacSha256(key_, data));
+      case ChunkHash::kBlake3:
+        break;
+    }
+    return ToHex(KeyedBlake3(key_, data));
   }
 
   const ChunkHash hash_;
@@ -702,18 +730,26 @@ bool IsIntactChunk(std::string_view hash, std::string_view stored, const Key& ke
   std::string buf;
   auto plain = DecodeChunk(dctx.get(), stored, size, buf);
   if (!plain) return false;
-  for (ChunkHash h : {ChunkHash::kHmacSha256, ChunkHash::kBlake2b}) {
+  for (ChunkHash h : kChunkHashes) {
     if (ChunkHasher(key, h).Hash(*plain) == hash) return true;
   }
   return false;
 }
 
 std::string_view ChunkHashName(ChunkHash hash) {
-  return hash == ChunkHash::kBlake2b ? "blake2b-256" : "hmac-sha256";
+  switch (hash) {
+    case ChunkHash::kBlake2b:
+      return "blake2b-256";
+    case ChunkHash::kHmacSha256:
+      return "hmac-sha256";
+    case ChunkHash::kBlake3:
+      break;
+  }
+  return "blake3-keyed";
 }
 
 std::optional<ChunkHash> ParseChunkHash(std::string_view name) {
-  for (ChunkHash hash : {ChunkHash::kBlake2b, ChunkHash::kHmacSha256}) {
+  for (ChunkHash hash : kChunkHashes) {
     if (ChunkHashName(hash) == name) return hash;
   }
   return std::nullopt;

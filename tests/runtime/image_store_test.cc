@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include <blake3.h>
 #include <openssl/hmac.h>
 #include <sodium.h>
 
@@ -495,8 +496,52 @@ std::string DocumentedBlake2bName(const Key& key, std::string_view data) {
   return Hex(out, 32);
 }
 
-TEST_F(ImagesTest, ChunksAreNamedAsDocumentedForEitherHash) {
-  for (ChunkHash hash : {ChunkHash::kHmacSha256, ChunkHash::kBlake2b}) {
+std::string DocumentedBlake3Name(const Key& key, std::string_view data) {
+  auto sub = SubKey(key, "cryoblk3");
+  blake3_hasher hasher;
+  blake3_hasher_init_keyed(&hasher, sub.data());
+  blake3_hasher_update(&hasher, data.data(), data.size());
+  unsigned char out[32];
+  blake3_hasher_finalize(&hasher, out, 32);
+  return Hex(out, 32);
+}
+
+std::string DocumentedName(ChunkHash hash, const Key& key, std::string_view data) {
+  switch (hash) {
+    case ChunkHash::kBlake2b:
+      return DocumentedBlake2bName(key, data);
+    case ChunkHash::kHmacSha256:
+      return DocumentedHmacName(key, data);
+    case ChunkHash::kBlake3:
+      break;
+  }
+  return DocumentedBlake3Name(key, data);
+}
+
+// The BLAKE3 build (its assembly for this CPU included) against answers of
+// an independent implementation (Debian's b3sum, in Rust: `b3sum --keyed`):
+// the empty input and 300,000 bytes (i % 251), which spans many 1 KiB
+// BLAKE3 chunks and so the SIMD paths.
+TEST(ChunkHashTest, KeyedBlake3GivesTheReferenceAnswers) {
+  const char key[] = "whats the Elvish word for friend";
+  static_assert(sizeof key - 1 == BLAKE3_KEY_LEN);
+  std::string pattern(300000, '\0');
+  for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = static_cast<char>(i % 251);
+  for (auto [input, expected] :
+       {std::pair<std::string, std::string>{
+            "", "92b2b75604ed3c761f9d6f62392c8a9227ad0ea3f09573e783f1498a4ed60d26"},
+        {pattern, "818aa0dfd8683fa9d75c1db145b3dd2ce9cdb72ca44a33c84355c4b55dc63b18"}}) {
+    blake3_hasher hasher;
+    blake3_hasher_init_keyed(&hasher, reinterpret_cast<const uint8_t*>(key));
+    blake3_hasher_update(&hasher, input.data(), input.size());
+    unsigned char out[32];
+    blake3_hasher_finalize(&hasher, out, 32);
+    EXPECT_EQ(Hex(out, 32), expected) << input.size() << " bytes";
+  }
+}
+
+TEST_F(ImagesTest, ChunksAreNamedAsDocumentedForEveryHash) {
+  for (ChunkHash hash : kChunkHashes) {
     SCOPED_TRACE(std::string(ChunkHashName(hash)));
     MemoryStore store;
     auto files = StoreImages(images_.path(), store, key_, nullptr, {}, hash);
@@ -505,18 +550,19 @@ TEST_F(ImagesTest, ChunksAreNamedAsDocumentedForEitherHash) {
       if (file.name != "core-1.img") continue;
       ASSERT_EQ(file.chunks.size(), 1u);
       std::string data = files_["core-1.img"];
-      EXPECT_EQ(file.chunks[0].hash, hash == ChunkHash::kBlake2b ? DocumentedBlake2bName(key_, data)
-                                                                 : DocumentedHmacName(key_, data));
+      EXPECT_EQ(file.chunks[0].hash, DocumentedName(hash, key_, data));
     }
     // The images come back only when read with the hash they were named by.
     TempDir out;
     ASSERT_TRUE(FetchImages(*files, hash, store, key_, out.path()).has_value());
     EXPECT_EQ(ReadOrDie(out.path() + "/pages-1.img"), files_["pages-1.img"]);
-    ChunkHash other = hash == ChunkHash::kBlake2b ? ChunkHash::kHmacSha256 : ChunkHash::kBlake2b;
-    auto wrong = VerifyImages(*files, other, store, key_);
-    ASSERT_FALSE(wrong.has_value());
-    EXPECT_NE(wrong.error().message().find("hash mismatch"), std::string::npos)
-        << wrong.error().message();
+    for (ChunkHash other : kChunkHashes) {
+      if (other == hash) continue;
+      auto wrong = VerifyImages(*files, other, store, key_);
+      ASSERT_FALSE(wrong.has_value());
+      EXPECT_NE(wrong.error().message().find("hash mismatch"), std::string::npos)
+          << wrong.error().message();
+    }
   }
 }
 
@@ -541,9 +587,10 @@ TEST_F(ImagesTest, IntactChunksAreToldFromTornOrAlteredOnes) {
 }
 
 TEST(ChunkHashTest, NamesRoundTrip) {
-  for (ChunkHash hash : {ChunkHash::kHmacSha256, ChunkHash::kBlake2b}) {
+  for (ChunkHash hash : kChunkHashes) {
     EXPECT_EQ(ParseChunkHash(ChunkHashName(hash)), hash);
   }
+  EXPECT_EQ(ChunkHashName(ChunkHash::kBlake3), "blake3-keyed");
   EXPECT_EQ(ChunkHashName(ChunkHash::kHmacSha256), "hmac-sha256");
   EXPECT_EQ(ChunkHashName(ChunkHash::kBlake2b), "blake2b-256");
   EXPECT_FALSE(ParseChunkHash("md5").has_value());
@@ -585,12 +632,12 @@ TEST(ManifestTest, RoundTripsEveryField) {
   Manifest m = FullManifest();
   std::string encoded = EncodeManifest(m, TestKey());
   EXPECT_TRUE(encoded.starts_with("cryo-manifest 2 ")) << encoded.substr(0, 100);
-  EXPECT_NE(encoded.find("\"chunk_hash\":\"hmac-sha256\""), std::string::npos) << encoded;
+  EXPECT_NE(encoded.find("\"chunk_hash\":\"blake3-keyed\""), std::string::npos) << encoded;
   auto decoded = DecodeManifest(encoded, TestKey());
   ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
   const Manifest& d = *decoded;
   EXPECT_EQ(d.format_version, Manifest::kFormatVersion);
-  EXPECT_EQ(d.chunk_hash, ChunkHash::kHmacSha256);
+  EXPECT_EQ(d.chunk_hash, ChunkHash::kBlake3);
   EXPECT_EQ(d.id, m.id);
   EXPECT_EQ(d.job, m.job);
   EXPECT_EQ(d.parent, m.parent);
@@ -693,6 +740,17 @@ std::string VersionOneManifest(const Key& key, const std::string& chunk_hash) {
   return "cryo-manifest 1 " + Hex(mac, 32) + "\n" + body;
 }
 
+// Checkpoints written before BLAKE3 names (HMAC-SHA-256) still read.
+TEST(ManifestTest, EveryChunkHashRoundTrips) {
+  for (ChunkHash hash : kChunkHashes) {
+    Manifest m = FullManifest();
+    m.chunk_hash = hash;
+    auto decoded = DecodeManifest(EncodeManifest(m, TestKey()), TestKey());
+    ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+    EXPECT_EQ(decoded->chunk_hash, hash);
+  }
+}
+
 TEST(ManifestTest, VersionOneManifestsStillReadAndUseBlake2b) {
   std::string name = DocumentedBlake2bName(TestKey(), "hello");
   auto decoded = DecodeManifest(VersionOneManifest(TestKey(), name), TestKey());
@@ -716,9 +774,9 @@ TEST(ManifestTest, UnknownChunkHashIsRefused) {
   // for the MAC.
   size_t eol = encoded.find('\n');
   std::string body = encoded.substr(eol + 1);
-  size_t at = body.find("hmac-sha256");
+  size_t at = body.find("blake3-keyed");
   ASSERT_NE(at, std::string::npos);
-  body.replace(at, 11, "md5");
+  body.replace(at, 12, "md5");
   auto sub = SubKey(TestKey(), "cryomanf");
   unsigned char mac[32];
   crypto_generichash(mac, 32, reinterpret_cast<const unsigned char*>(body.data()), body.size(),
