@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -15,6 +16,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -37,6 +39,8 @@ constexpr int kPipeBytes = 1 << 20;
 // by how many threads.
 constexpr size_t kAhead = 8;
 constexpr size_t kFetchers = 2;
+// Chunks from this size on are spliced into CRIU's pipe rather than copied.
+constexpr size_t kSpliceMinBytes = 4096;
 
 // img_streamer_request_entry{required string filename = 1}: the only field,
 // once, length-delimited. Returns nullopt for anything else.
@@ -79,6 +83,47 @@ bool ReaderGone(int fd) {
   pollfd p{fd, POLLOUT, 0};
   return ::poll(&p, 1, 0) == 1 && (p.revents & POLLERR) != 0;
 }
+
+// Verified chunks whose pages CRIU's pipe references instead of copies
+// (vmsplice): each must stay as it is until CRIU has read it, so it is kept
+// until the pipe's count of unread bytes (FIONREAD) says CRIU is past it.
+// At most a pipe's worth of chunks is held. Used by one thread.
+class SplicedChunks {
+ public:
+  explicit SplicedChunks(int pipe) : pipe_(pipe) {}
+  SplicedChunks(const SplicedChunks&) = delete;
+  SplicedChunks& operator=(const SplicedChunks&) = delete;
+  // Whatever is still held when the feeder gives up on a CRIU that neither
+  // reads nor closes its pipe: freeing it could let CRIU read other data.
+  ~SplicedChunks() {
+    for (auto& [chunk, end] : held_) new std::string(std::move(chunk));  // NOLINT: kept, see above
+  }
+
+  // The first `in_pipe` bytes of `chunk` went into the pipe, by reference
+  // (it is held) or copied (`chunk` empty: nothing to hold).
+  void Add(std::string chunk, size_t in_pipe) {
+    spliced_ += in_pipe;
+    if (!chunk.empty()) held_.emplace_back(std::move(chunk), spliced_);
+    Release();
+  }
+
+  // Frees the chunks CRIU has read; true once none is held.
+  bool Release() {
+    int unread = 0;
+    if (held_.empty() || ::ioctl(pipe_, FIONREAD, &unread) != 0) return held_.empty();
+    uint64_t read = spliced_ - static_cast<uint64_t>(unread);
+    while (!held_.empty() && held_.front().second <= read) held_.pop_front();
+    return held_.empty();
+  }
+
+  // Nobody can read the pipe any more: its pages are nobody's concern.
+  void Clear() { held_.clear(); }
+
+ private:
+  const int pipe_;
+  uint64_t spliced_ = 0;
+  std::deque<std::pair<std::string, uint64_t>> held_;  // each with its end in the stream
+};
 
 class StreamServer final : public ImageStreamServer {
  public:
@@ -333,37 +378,63 @@ class StreamServer final : public ImageStreamServer {
     return true;
   }
 
-  // Writes `data` to CRIU's pipe; false if CRIU closed it (it failed, or
-  // needs no more of the file). Fails if Finish() is called while CRIU
-  // neither reads nor closes it.
-  Result<bool> WriteToCriu(const ImageFile& file, int pipe, std::string_view data) {
-    while (!data.empty()) {
+  // Puts `chunk` into CRIU's pipe, then hands it to `spliced`, which keeps
+  // it as long as the pipe may still reference it. Returns false if CRIU
+  // closed the pipe (it failed, or needs no more of the file). Fails if
+  // Finish() is called while CRIU neither reads nor closes it.
+  Result<bool> WriteToCriu(const ImageFile& file, int pipe, std::string chunk,
+                           SplicedChunks& spliced) {
+    // Large chunks go by reference (vmsplice): CRIU's read is then the only
+    // copy. A string that small may live inside the object, which moves.
+    const bool by_reference = chunk.size() >= kSpliceMinBytes;
+    size_t done = 0;
+    auto keep = [&](Result<bool> result) {
+      spliced.Add(by_reference ? std::move(chunk) : std::string(), done);
+      return result;
+    };
+    while (done < chunk.size()) {
       if (stopped_) {
-        if (ReaderGone(pipe)) return false;
-        return Fail(ErrorKind::kUnavailable,
-                    "image " + file.name +
-                        ": the stream was stopped before CRIU read all of it (CRIU neither read "
-                        "nor closed its pipe)");
+        if (ReaderGone(pipe)) return keep(false);
+        return keep(Fail(ErrorKind::kUnavailable,
+                         "image " + file.name +
+                             ": the stream was stopped before CRIU read all of it (CRIU neither "
+                             "read nor closed its pipe)"));
       }
-      ssize_t n = ::write(pipe, data.data(), data.size());
+      iovec iov{chunk.data() + done, chunk.size() - done};
+      ssize_t n = by_reference ? ::vmsplice(pipe, &iov, 1, SPLICE_F_NONBLOCK)
+                               : ::write(pipe, iov.iov_base, iov.iov_len);
       if (n >= 0) {
-        data.remove_prefix(static_cast<size_t>(n));
+        done += static_cast<size_t>(n);
       } else if (errno == EPIPE) {
-        return false;
+        return keep(false);
       } else if (errno == EAGAIN) {
         // Woken by CRIU reading or closing, or by Finish(): the loop's start tells.
-        if (!Wait(pipe, POLLOUT) && !stopped_) return SysFail("poll CRIU's pipe");
+        if (!Wait(pipe, POLLOUT) && !stopped_) return keep(SysFail("poll CRIU's pipe"));
       } else if (errno != EINTR) {
-        return SysFail("write image " + file.name + " to CRIU");
+        return keep(SysFail("write image " + file.name + " to CRIU"));
       }
     }
-    return true;
+    return keep(true);
   }
 
-  // Writes `file` into `pipe`, chunk by chunk in order, each verified first.
-  // Two fetchers read and verify up to kAhead chunks ahead of the writer.
+  // Writes `file` into `pipe`, then waits until CRIU has read the chunks
+  // spliced into it (or closed it, or the stream is stopped).
   void Feed(const ImageFile& file, UniqueFd pipe) {
     (void)::fcntl(pipe.get(), F_SETPIPE_SZ, kPipeBytes);
+    SplicedChunks spliced(pipe.get());
+    FeedChunks(file, pipe.get(), spliced);
+    for (auto pause = std::chrono::microseconds(100); !spliced.Release() && !stopped_;
+         pause = std::min(2 * pause, std::chrono::microseconds(5000))) {
+      if (ReaderGone(pipe.get())) return spliced.Clear();
+      std::this_thread::sleep_for(pause);
+    }
+    if (ReaderGone(pipe.get())) spliced.Clear();
+  }
+
+  // Splices `file` into `pipe`, chunk by chunk in order, each verified
+  // first. Two fetchers read and verify up to kAhead chunks ahead of the
+  // writer.
+  void FeedChunks(const ImageFile& file, int pipe, SplicedChunks& spliced) {
     const size_t n = file.chunks.size();
     std::mutex mu;
     std::condition_variable changed;
@@ -416,10 +487,11 @@ class StreamServer final : public ImageStreamServer {
         SetError(chunk.error(), true);
         return halt();
       }
-      auto sent = WriteToCriu(file, pipe.get(), *chunk);
+      size_t size = chunk->size();
+      auto sent = WriteToCriu(file, pipe, std::move(*chunk), spliced);
       if (!sent) SetError(sent.error(), false);
       if (!sent || !*sent) return halt();
-      if (progress_) progress_(chunk->size());
+      if (progress_) progress_(size);
     }
   }
 
