@@ -11,10 +11,13 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <random>
 #include <set>
+#include <thread>
 #include <utility>
 
 #include "criu_image_fixes.h"
+#include "criu_proc_dir.h"
 #include "criu_stats.h"
 #include "cryo/cgroup.h"
 #include "cryo/checkpointer.h"
@@ -58,6 +61,16 @@ uint64_t DirectoryBytes(const std::string& dir) {
 // How long a job may take to freeze clear of vfork() children: CRIU's own
 // timeout for freezing.
 constexpr std::chrono::seconds kFreezeTimeout{10};
+
+// Dumps tried when CRIU's parasite collides on its proc directory, and the
+// age past which such a directory is a leftover (criu_proc_dir.h).
+constexpr int kProcDirAttempts = 4;
+constexpr std::chrono::seconds kStaleProcDirAge{30};
+
+uint64_t RandomBelow(uint64_t bound) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  return std::uniform_int_distribution<uint64_t>(0, bound - 1)(rng);
+}
 
 // A phase's time for the log ("" when there is none).
 std::string PhaseMs(const PhaseTimes& phases, const std::string& phase) {
@@ -231,15 +244,41 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
     return stored;
   };
   // cryod freezes the job itself, at a moment CRIU can seize every task.
+  auto dump_frozen = [&](const auto& frozen) -> Status {
+    if (!frozen) return std::unexpected(frozen.error().WithContext("freeze the job"));
+    return (*criu)->Dump({.pid = job->init_pid,
+                          .images_dir = work->images(),
+                          .work_dir = work->path(),
+                          .freeze_cgroup = job->cgroup,
+                          .leave_running = !stop,
+                          .external = external},
+                         commit);
+  };
   auto frozen = FreezeForDump(job->cgroup, kFreezeTimeout);
-  Status dumped = frozen ? (*criu)->Dump({.pid = job->init_pid,
-                                          .images_dir = work->images(),
-                                          .work_dir = work->path(),
-                                          .freeze_cgroup = job->cgroup,
-                                          .leave_running = !stop,
-                                          .external = external},
-                                         commit)
-                         : std::unexpected(frozen.error().WithContext("freeze the job"));
+  Status dumped = dump_frozen(frozen);
+  for (int attempt = 2; !dumped && !published_in_commit && attempt <= kProcDirAttempts &&
+                        IsCriuProcDirCollision(dumped.error());
+       ++attempt) {
+    // A collision on CRIU's proc directory (criu_proc_dir.h) fails the dump
+    // before any image: let the job run a moment, clear a stale directory,
+    // and dump again after a random pause, so that two colliding dumps part.
+    (void)ThawIfFrozen(job->cgroup);
+    int removed = 0;
+    if (auto pids = CgroupPids(job->cgroup)) {
+      removed = RemoveStaleCriuProcDirs(*pids, kStaleProcDirAge);
+    }
+    LogInfo("CRIU's dump collided on its proc directory; dumping again",
+            {{"job", job->name},
+             {"attempt", std::to_string(attempt)},
+             {"stale_removed", std::to_string(removed)}});
+    std::error_code ignored;
+    for (const auto& e : std::filesystem::directory_iterator(work->images(), ignored)) {
+      std::filesystem::remove(e.path(), ignored);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20 + RandomBelow(100)));
+    frozen = FreezeForDump(job->cgroup, kFreezeTimeout);
+    dumped = dump_frozen(frozen);
+  }
   if (!dumped && published_in_commit) {
     // CRIU died after the --stop checkpoint was durable but before it ended
     // the job: end it as CRIU would have, or two copies of it would diverge.
@@ -257,6 +296,13 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
              {{"job", job->name}, {"error", thawed.error().ToString()}});
   }
   if (!dumped || !stop) resume(dumped ? 0 : EIO, dumped ? m.id : "");
+  if (!dumped && IsCriuProcDirCollision(dumped.error())) {
+    dumped = std::unexpected(dumped.error().WithContext(
+        "CRIU could not make its directory '" + std::string(kCriuProcDir) +
+        "' in the working directory of the job's init ('/'), " + std::to_string(kProcDirAttempts) +
+        " times: it is there already (another checkpoint of a process in the same directory "
+        "kept running, or one that was killed left it; remove it if no checkpoint is running)"));
+  }
   if (!dumped) {
     LogWarn("checkpoint failed", {{"job", job->name}, {"error", dumped.error().ToString()}});
     return std::unexpected(dumped.error().WithContext(context));

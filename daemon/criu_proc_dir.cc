@@ -1,0 +1,45 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "criu_proc_dir.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <ctime>
+#include <set>
+#include <string>
+
+#include "cryo/unique_fd.h"
+
+namespace cryo {
+
+bool IsCriuProcDirCollision(const Error& dump_error) {
+  // criu/pie/parasite.c, get_proc_fd(): "Can't create a directory (%d)"
+  // with -EEXIST.
+  return dump_error.message().find("Can't create a directory (-17)") != std::string::npos;
+}
+
+int RemoveStaleCriuProcDirs(const std::vector<pid_t>& pids, std::chrono::seconds age) {
+  const std::string name(kCriuProcDir);
+  std::set<std::pair<dev_t, ino_t>> seen;
+  int removed = 0;
+  for (pid_t pid : pids) {
+    // The task's working directory itself, whatever path led there: the
+    // name below is one fixed component, so nothing is resolved through a
+    // path the job controls.
+    std::string cwd = "/proc/" + std::to_string(pid) + "/cwd";
+    UniqueFd dir(::open(cwd.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!dir.valid()) continue;
+    struct stat d;
+    if (::fstat(dir.get(), &d) != 0 || !seen.insert({d.st_dev, d.st_ino}).second) continue;
+    struct stat st;
+    if (::fstatat(dir.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode)) {
+      continue;
+    }
+    if (std::time(nullptr) - st.st_mtime < age.count()) continue;
+    if (::unlinkat(dir.get(), name.c_str(), AT_REMOVEDIR) == 0) ++removed;
+  }
+  return removed;
+}
+
+}  // namespace cryo
