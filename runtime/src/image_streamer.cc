@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -15,13 +16,16 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <span>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 #include "cryo/unique_fd.h"
 
@@ -39,8 +43,6 @@ constexpr int kPipeBytes = 1 << 20;
 // by how many threads.
 constexpr size_t kAhead = 8;
 constexpr size_t kFetchers = 2;
-// Chunks from this size on are spliced into CRIU's pipe rather than copied.
-constexpr size_t kSpliceMinBytes = 4096;
 
 // img_streamer_request_entry{required string filename = 1}: the only field,
 // once, length-delimited. Returns nullopt for anything else.
@@ -84,6 +86,50 @@ bool ReaderGone(int fd) {
   return ::poll(&p, 1, 0) == 1 && (p.revents & POLLERR) != 0;
 }
 
+// A chunk's bytes in whole pages of their own, so that once spliced into a
+// pipe they can be taken out of our address space while the pipe keeps them.
+class PageBuffer {
+ public:
+  static PageBuffer CopyOf(std::string_view data) {
+    PageBuffer b;
+    b.size_ = data.size();
+    b.data_ = static_cast<char*>(std::aligned_alloc(kPage, b.capacity()));
+    if (b.data_ == nullptr) throw std::bad_alloc();
+    std::memcpy(b.data_, data.data(), data.size());
+    return b;
+  }
+  PageBuffer(PageBuffer&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)), size_(other.size_) {}
+  PageBuffer& operator=(PageBuffer&& other) noexcept {
+    std::swap(data_, other.data_);
+    std::swap(size_, other.size_);
+    return *this;
+  }
+  ~PageBuffer() { std::free(data_); }
+
+  char* data() { return data_; }
+  size_t size() const { return size_; }
+
+  // Puts fresh pages where ours were: whoever still references the old ones
+  // (a pipe) keeps them, and nothing we do later can change them. False if
+  // the kernel refused; the buffer is then never freed (see SplicedChunks).
+  bool Detach() {
+    void* fresh = ::mmap(data_, capacity(), PROT_READ | PROT_WRITE,
+                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (fresh != MAP_FAILED) return true;
+    data_ = nullptr;  // leaked on purpose
+    return false;
+  }
+
+ private:
+  static constexpr size_t kPage = 4096;
+  PageBuffer() = default;
+  size_t capacity() const { return std::max(kPage, (size_ + kPage - 1) / kPage * kPage); }
+
+  char* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 // Verified chunks whose pages CRIU's pipe references instead of copies
 // (vmsplice): each must stay as it is until CRIU has read it, so it is kept
 // until the pipe's count of unread bytes (FIONREAD) says CRIU is past it.
@@ -93,17 +139,17 @@ class SplicedChunks {
   explicit SplicedChunks(int pipe) : pipe_(pipe) {}
   SplicedChunks(const SplicedChunks&) = delete;
   SplicedChunks& operator=(const SplicedChunks&) = delete;
-  // Whatever is still held when the feeder gives up on a CRIU that neither
-  // reads nor closes its pipe: freeing it could let CRIU read other data.
+  // What is still held when the feeder gives up on a CRIU that neither
+  // reads nor closes its pipe: the pipe keeps the pages, our memory gets
+  // fresh ones, so CRIU can never read what we write there next.
   ~SplicedChunks() {
-    for (auto& [chunk, end] : held_) new std::string(std::move(chunk));  // NOLINT: kept, see above
+    for (auto& [chunk, end] : held_) chunk.Detach();
   }
 
-  // The first `in_pipe` bytes of `chunk` went into the pipe, by reference
-  // (it is held) or copied (`chunk` empty: nothing to hold).
-  void Add(std::string chunk, size_t in_pipe) {
+  // The first `in_pipe` bytes of `chunk` went into the pipe.
+  void Add(PageBuffer chunk, size_t in_pipe) {
     spliced_ += in_pipe;
-    if (!chunk.empty()) held_.emplace_back(std::move(chunk), spliced_);
+    held_.emplace_back(std::move(chunk), spliced_);
     Release();
   }
 
@@ -122,7 +168,7 @@ class SplicedChunks {
  private:
   const int pipe_;
   uint64_t spliced_ = 0;
-  std::deque<std::pair<std::string, uint64_t>> held_;  // each with its end in the stream
+  std::deque<std::pair<PageBuffer, uint64_t>> held_;  // each with its end in the stream
 };
 
 class StreamServer final : public ImageStreamServer {
@@ -382,14 +428,11 @@ class StreamServer final : public ImageStreamServer {
   // it as long as the pipe may still reference it. Returns false if CRIU
   // closed the pipe (it failed, or needs no more of the file). Fails if
   // Finish() is called while CRIU neither reads nor closes it.
-  Result<bool> WriteToCriu(const ImageFile& file, int pipe, std::string chunk,
+  Result<bool> WriteToCriu(const ImageFile& file, int pipe, PageBuffer chunk,
                            SplicedChunks& spliced) {
-    // Large chunks go by reference (vmsplice): CRIU's read is then the only
-    // copy. A string that small may live inside the object, which moves.
-    const bool by_reference = chunk.size() >= kSpliceMinBytes;
     size_t done = 0;
     auto keep = [&](Result<bool> result) {
-      spliced.Add(by_reference ? std::move(chunk) : std::string(), done);
+      spliced.Add(std::move(chunk), done);
       return result;
     };
     while (done < chunk.size()) {
@@ -401,8 +444,7 @@ class StreamServer final : public ImageStreamServer {
                              "read nor closed its pipe)"));
       }
       iovec iov{chunk.data() + done, chunk.size() - done};
-      ssize_t n = by_reference ? ::vmsplice(pipe, &iov, 1, SPLICE_F_NONBLOCK)
-                               : ::write(pipe, iov.iov_base, iov.iov_len);
+      ssize_t n = ::vmsplice(pipe, &iov, 1, SPLICE_F_NONBLOCK);
       if (n >= 0) {
         done += static_cast<size_t>(n);
       } else if (errno == EPIPE) {
@@ -438,7 +480,7 @@ class StreamServer final : public ImageStreamServer {
     const size_t n = file.chunks.size();
     std::mutex mu;
     std::condition_variable changed;
-    std::vector<std::optional<Result<std::string>>> ring(kAhead);
+    std::vector<std::optional<Result<PageBuffer>>> ring(kAhead);
     size_t written = 0;  // chunks the writer has taken; guarded by mu
     bool stop = false;   // guarded by mu
     std::atomic<size_t> next{0};
@@ -452,8 +494,8 @@ class StreamServer final : public ImageStreamServer {
         }
         auto chunk = reader.Read(file, i);
         std::lock_guard lock(mu);
-        ring[i % kAhead] = chunk ? Result<std::string>(std::string(*chunk))
-                                 : Result<std::string>(std::unexpected(chunk.error()));
+        ring[i % kAhead] = chunk ? Result<PageBuffer>(PageBuffer::CopyOf(*chunk))
+                                 : Result<PageBuffer>(std::unexpected(chunk.error()));
         changed.notify_all();
       }
     };
@@ -473,15 +515,15 @@ class StreamServer final : public ImageStreamServer {
       return halt();
     }
     for (size_t i = 0; i < n; ++i) {
-      Result<std::string> chunk;
-      {
+      Result<PageBuffer> chunk = [&] {
         std::unique_lock lock(mu);
         changed.wait(lock, [&] { return ring[i % kAhead].has_value(); });
-        chunk = std::move(*ring[i % kAhead]);
+        Result<PageBuffer> taken = std::move(*ring[i % kAhead]);
         ring[i % kAhead].reset();
         ++written;
         changed.notify_all();
-      }
+        return taken;
+      }();
       if (!chunk) {
         // Ends the file early: CRIU's restore fails on it.
         SetError(chunk.error(), true);

@@ -7,6 +7,7 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sys/socket.h>
@@ -15,9 +16,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <future>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
@@ -280,6 +283,9 @@ TEST_F(ImageStreamerTest, AMalformedRequestIsAnErrorNotACrash) {
 }
 
 TEST_F(ImageStreamerTest, FinishReturnsPromptlyWhenCriuNeitherReadsNorClosesAPipe) {
+  // Chunk buffers from the heap, not from mappings of their own, so that
+  // memory the server frees is handed out again below.
+  ::mallopt(M_MMAP_THRESHOLD, 64 << 20);
   auto server = Listen();
   FakeCriu criu(served_.path());
   UniqueFd never_read = criu.Open("pages-1.img");
@@ -297,6 +303,32 @@ TEST_F(ImageStreamerTest, FinishReturnsPromptlyWhenCriuNeitherReadsNorClosesAPip
   EXPECT_NE(status.error().message().find("image pages-1.img"), std::string::npos)
       << status.error().message();
   EXPECT_FALSE(server->chunk_failed());
+  // What the pipe still holds (spliced chunks the server has given up on)
+  // is still the image, however the server's memory is reused meanwhile.
+  server.reset();
+  // From new threads too: they take over the malloc arenas the server's
+  // threads used.
+  auto reuse = [] {
+    std::vector<std::unique_ptr<char, decltype(&std::free)>> held;
+    for (size_t size = 64 << 10; size <= (1 << 20); size += 4096) {
+      held.emplace_back(static_cast<char*>(std::aligned_alloc(4096, size)), &std::free);
+      std::memset(held.back().get(), 0xab, size);
+    }
+    return held;
+  };
+  auto main_arena = reuse();
+  std::vector<decltype(main_arena)> others(4);
+  {
+    std::vector<std::jthread> threads;
+    for (auto& o : others) threads.emplace_back([&o, &reuse] { o = reuse(); });
+  }
+  ::mallopt(M_MMAP_THRESHOLD, 128 << 10);
+  ASSERT_EQ(::fcntl(never_read.get(), F_SETFL, O_NONBLOCK), 0);
+  std::string rest;
+  char buf[64 << 10];
+  for (ssize_t n; (n = ::read(never_read.get(), buf, sizeof buf)) > 0;) rest.append(buf, n);
+  EXPECT_GT(rest.size(), 0u);
+  EXPECT_TRUE(contents_["pages-1.img"].starts_with(rest)) << "the pipe holds other bytes";
 }
 
 TEST_F(ImageStreamerTest, FinishReturnsPromptlyWhenCriuStopsMidRequest) {
