@@ -208,6 +208,25 @@ TEST_F(ImageStreamerTest, ServesEveryFileByNameInAnyOrderAndSaysWhichAreMissing)
   EXPECT_EQ(fed.load(), contents_["pages-1.img"].size() + 2 * contents_["core-1.img"].size());
 }
 
+// Checkpoints written before BLAKE3 chunk names restore as they did.
+TEST_F(ImageStreamerTest, ServesCheckpointsNamedWithEveryChunkHash) {
+  for (ChunkHash hash : kChunkHashes) {
+    SCOPED_TRACE(std::string(ChunkHashName(hash)));
+    MemoryStore store;
+    auto files = StoreImages(images_.path(), store, key_, nullptr, {}, hash);
+    ASSERT_TRUE(files.has_value()) << files.error().ToString();
+    TempDir served;
+    auto server = ImageStreamServer::Listen(served.path(), *files, hash, store, key_);
+    ASSERT_TRUE(server.has_value()) << server.error().ToString();
+    FakeCriu criu(served.path());
+    ASSERT_TRUE(criu.connected());
+    EXPECT_EQ(criu.Get("pages-1.img"), contents_["pages-1.img"]);
+    EXPECT_EQ(criu.Get("core-1.img"), contents_["core-1.img"]);
+    criu.Close();
+    EXPECT_TRUE((*server)->Finish().has_value());
+  }
+}
+
 // Chunks go into CRIU's pipe by reference (vmsplice): the server must keep
 // each unchanged until it has been read, however slowly. Buffers freed too
 // early are reused for the next chunks and the reader sees their bytes.
