@@ -62,10 +62,18 @@ uint64_t DirectoryBytes(const std::string& dir) {
 // timeout for freezing.
 constexpr std::chrono::seconds kFreezeTimeout{10};
 
-// Dumps tried when CRIU's parasite collides on its proc directory, and the
-// age past which such a directory is a leftover (criu_proc_dir.h).
-constexpr int kProcDirAttempts = 4;
+// Dumps tried when one fails in a way worth another (a collision on CRIU's
+// proc directory, memory scratch that ran out), and the age past which such
+// a directory is a leftover (criu_proc_dir.h).
+constexpr int kDumpAttempts = 4;
 constexpr std::chrono::seconds kStaleProcDirAge{30};
+
+// Whether a failed dump ran out of space (CRIU's log, which the error
+// carries, says so with strerror(ENOSPC)).
+bool IsNoSpace(const Error& error) {
+  return error.sys_errno() == ENOSPC ||
+         error.message().find("No space left on device") != std::string::npos;
+}
 
 uint64_t RandomBelow(uint64_t bound) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -256,13 +264,25 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   };
   auto frozen = FreezeForDump(job->cgroup, kFreezeTimeout);
   Status dumped = dump_frozen(frozen);
-  for (int attempt = 2; !dumped && !published_in_commit && attempt <= kProcDirAttempts &&
-                        IsCriuProcDirCollision(dumped.error());
-       ++attempt) {
-    // A collision on CRIU's proc directory (criu_proc_dir.h) fails the dump
-    // before any image: let the job run a moment, clear a stale directory,
-    // and dump again after a random pause, so that two colliding dumps part.
+  // Two failures that leave nothing behind are worth another dump: a
+  // collision on CRIU's proc directory (criu_proc_dir.h), which fails the
+  // dump before any image, and memory scratch that filled up (the estimate
+  // counts resident memory; memfds and tmpfs files a job holds count in
+  // the images too). The job runs a moment in between.
+  auto prepare_retry = [&](const Error& error, int attempt) -> bool {
+    bool collided = IsCriuProcDirCollision(error);
+    bool memory_full = work->in_memory() && IsNoSpace(error);
+    if (!collided && !memory_full) return false;
     (void)ThawIfFrozen(job->cgroup);
+    if (memory_full) {
+      auto disk = scratch_->Allocate(m.id, std::nullopt);  // an unknown size goes to disk
+      if (!disk) return false;
+      LogWarn("memory scratch ran out during the dump; dumping again on disk",
+              {{"job", job->name}, {"attempt", std::to_string(attempt)}});
+      work = std::move(disk);
+      BeginPhase(progress, "dump", 0, [dir = work->images()] { return DirectoryBytes(dir); });
+      return true;
+    }
     int removed = 0;
     if (auto pids = CgroupPids(job->cgroup)) {
       removed = RemoveStaleCriuProcDirs(*pids, kStaleProcDirAge);
@@ -275,7 +295,13 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
     for (const auto& e : std::filesystem::directory_iterator(work->images(), ignored)) {
       std::filesystem::remove(e.path(), ignored);
     }
+    // Random, so that two colliding dumps part.
     std::this_thread::sleep_for(std::chrono::milliseconds(20 + RandomBelow(100)));
+    return true;
+  };
+  for (int attempt = 2; !dumped && !published_in_commit && attempt <= kDumpAttempts &&
+                        prepare_retry(dumped.error(), attempt);
+       ++attempt) {
     frozen = FreezeForDump(job->cgroup, kFreezeTimeout);
     dumped = dump_frozen(frozen);
   }
@@ -298,10 +324,10 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   if (!dumped || !stop) resume(dumped ? 0 : EIO, dumped ? m.id : "");
   if (!dumped && IsCriuProcDirCollision(dumped.error())) {
     dumped = std::unexpected(dumped.error().WithContext(
-        "CRIU could not make its directory '" + std::string(kCriuProcDir) +
-        "' in the working directory of the job's init ('/'), " + std::to_string(kProcDirAttempts) +
-        " times: it is there already (another checkpoint of a process in the same directory "
-        "kept running, or one that was killed left it; remove it if no checkpoint is running)"));
+        "CRIU could not make its directory '/" + std::string(kCriuProcDir) +
+        "' (in the working directory of the job's init), also when tried again: it is there "
+        "already (another checkpoint on this machine kept it, or a CRIU that was killed left "
+        "it; remove it if no checkpoint is running)"));
   }
   if (!dumped) {
     LogWarn("checkpoint failed", {{"job", job->name}, {"error", dumped.error().ToString()}});

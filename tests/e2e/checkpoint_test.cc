@@ -5,9 +5,11 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -539,6 +541,54 @@ TEST(Checkpoint, ManyJobsCheckpointedAtOnceAllSucceed) {
           << "round " << round << ", job " << j << ": " << results[j].err;
     }
   }
+}
+
+// A tmpfs of its own, mounted for the test's lifetime.
+class SmallTmpfs {
+ public:
+  explicit SmallTmpfs(const std::string& size) {
+    char tmpl[] = "/tmp/cryo-tmpfs-XXXXXX";
+    EXPECT_NE(::mkdtemp(tmpl), nullptr);
+    path_ = tmpl;
+    std::string options = "size=" + size + ",mode=0700";
+    mounted_ = ::mount("tmpfs", path_.c_str(), "tmpfs", 0, options.c_str()) == 0;
+    EXPECT_TRUE(mounted_) << std::strerror(errno);
+  }
+  ~SmallTmpfs() {
+    if (mounted_) ::umount2(path_.c_str(), MNT_DETACH);
+    ::rmdir(path_.c_str());
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  bool mounted_ = false;
+};
+
+// Memory scratch is chosen from the job's resident memory. A job holding
+// 400 MiB in a memfd it never maps has little, but its images hold the
+// memfd too: they outgrow a 256 MiB tmpfs. The dump runs again on disk, the
+// checkpoint succeeds and restores with the memfd's content.
+TEST(Checkpoint, ImagesThatOutgrowMemoryScratchAreDumpedAgainOnDisk) {
+  SmallTmpfs shm("256m");  // outlives cryod, which removes its directory in it
+  Cryod d({"--memory-scratch", shm.path()});
+  ASSERT_EQ(
+      d.Cryo({"run", "-d", "--name", "m", "--", TestProgram("memfd_holder"), "400"}).exit_code, 0);
+  ASSERT_TRUE(WaitForMore(d, "m", "count", 3));
+  auto r = d.Cryo({"checkpoint", "--stop", "m"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string log = d.DaemonLog();
+  EXPECT_NE(log.find("memory scratch ran out during the dump"), std::string::npos) << log;
+  EXPECT_NE(log.find("scratch=disk"), std::string::npos) << log;
+  long last = Numbers(Logs(d, "m"), "count").back();
+  ASSERT_EQ(d.Cryo({"restore", "-d", "m"}).exit_code, 0);
+  ExpectContinued(d, "m", "count", last);
+  ASSERT_EQ(d.Cryo({"kill", "--signal", "USR1", "m"}).exit_code, 0);
+  ASSERT_TRUE(WaitUntil([&] {
+    std::string out = Logs(d, "m");
+    return out.find("intact") != std::string::npos || out.find("BROKEN") != std::string::npos;
+  }));
+  EXPECT_EQ(Logs(d, "m").find("BROKEN"), std::string::npos) << "the memfd lost its content";
 }
 
 TEST(Checkpoint, RemovedCheckpointFallsBackToItsParent) {
