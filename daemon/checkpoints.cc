@@ -283,14 +283,11 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
       BeginPhase(progress, "dump", 0, [dir = work->images()] { return DirectoryBytes(dir); });
       return true;
     }
-    int removed = 0;
-    if (auto pids = CgroupPids(job->cgroup)) {
-      removed = RemoveStaleCriuProcDirs(*pids, kStaleProcDirAge);
-    }
+    bool removed = RemoveStaleCriuProcDir(job->init_pid, kStaleProcDirAge);
     LogInfo("CRIU's dump collided on its proc directory; dumping again",
             {{"job", job->name},
              {"attempt", std::to_string(attempt)},
-             {"stale_removed", std::to_string(removed)}});
+             {"stale_removed", removed ? "true" : "false"}});
     std::error_code ignored;
     for (const auto& e : std::filesystem::directory_iterator(work->images(), ignored)) {
       std::filesystem::remove(e.path(), ignored);

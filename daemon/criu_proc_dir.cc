@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <ctime>
-#include <set>
 #include <string>
 
 #include "cryo/unique_fd.h"
@@ -19,27 +18,20 @@ bool IsCriuProcDirCollision(const Error& dump_error) {
   return dump_error.message().find("Can't create a directory (-17)") != std::string::npos;
 }
 
-int RemoveStaleCriuProcDirs(const std::vector<pid_t>& pids, std::chrono::seconds age) {
+bool RemoveStaleCriuProcDir(pid_t root_task, std::chrono::seconds age) {
+  // The task's working directory itself, whatever path led there: the name
+  // below is one fixed component, so nothing is resolved through a path the
+  // job controls.
+  std::string cwd = "/proc/" + std::to_string(root_task) + "/cwd";
+  UniqueFd dir(::open(cwd.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!dir.valid()) return false;
   const std::string name(kCriuProcDir);
-  std::set<std::pair<dev_t, ino_t>> seen;
-  int removed = 0;
-  for (pid_t pid : pids) {
-    // The task's working directory itself, whatever path led there: the
-    // name below is one fixed component, so nothing is resolved through a
-    // path the job controls.
-    std::string cwd = "/proc/" + std::to_string(pid) + "/cwd";
-    UniqueFd dir(::open(cwd.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
-    if (!dir.valid()) continue;
-    struct stat d;
-    if (::fstat(dir.get(), &d) != 0 || !seen.insert({d.st_dev, d.st_ino}).second) continue;
-    struct stat st;
-    if (::fstatat(dir.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode)) {
-      continue;
-    }
-    if (std::time(nullptr) - st.st_mtime < age.count()) continue;
-    if (::unlinkat(dir.get(), name.c_str(), AT_REMOVEDIR) == 0) ++removed;
+  struct stat st;
+  if (::fstatat(dir.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode) ||
+      std::time(nullptr) - st.st_mtime < age.count()) {
+    return false;
   }
-  return removed;
+  return ::unlinkat(dir.get(), name.c_str(), AT_REMOVEDIR) == 0;
 }
 
 }  // namespace cryo

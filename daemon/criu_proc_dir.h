@@ -6,7 +6,6 @@
 
 #include <chrono>
 #include <string_view>
-#include <vector>
 
 #include "cryo/error.h"
 
@@ -28,10 +27,11 @@ inline constexpr std::string_view kCriuProcDir = "proc.crtools";
 // error carries).
 bool IsCriuProcDirCollision(const Error& dump_error);
 
-// Removes kCriuProcDir from the working directories of `pids` where it is
-// an empty directory last changed more than `age` ago (a collision with a
-// running dump's is never that old; rmdir leaves a non-empty or mounted one
-// alone). Returns how many were removed; a pid that is gone is skipped.
-int RemoveStaleCriuProcDirs(const std::vector<pid_t>& pids, std::chrono::seconds age);
+// Removes kCriuProcDir from the working directory of `root_task` (the
+// task whose directory CRIU's parasite uses) if it is an empty directory
+// last changed more than `age` ago (a collision with a running dump's is
+// never that old; rmdir leaves a non-empty or mounted one alone). True if
+// it removed one; false also when the task is gone.
+bool RemoveStaleCriuProcDir(pid_t root_task, std::chrono::seconds age);
 
 }  // namespace cryo

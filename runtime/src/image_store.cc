@@ -71,17 +71,6 @@ SubKey DeriveSubKey(const Key& key, const char (&context)[crypto_kdf_CONTEXTBYTE
   crypto_kdf_derive_from_key(sub.data(), sub.size(), 1, context, key.bytes().data());
   return sub;
 }
-SubKey ChunkSubKey(const Key& key, ChunkHash hash) {
-  switch (hash) {
-    case ChunkHash::kBlake2b:
-      return DeriveSubKey(key, "cryochnk");
-    case ChunkHash::kHmacSha256:
-      return DeriveSubKey(key, "cryohmac");
-    case ChunkHash::kBlake3:
-      break;
-  }
-  return DeriveSubKey(key, "cryoblk3");
-}
 SubKey ManifestSubKey(const Key& key) { return DeriveSubKey(key, "cryomanf"); }
 
 std::array<unsigned char, kHashBytes> KeyedHash(const SubKey& sub, std::string_view data) {
@@ -121,11 +110,34 @@ std::array<unsigned char, kHashBytes> KeyedBlake3(const SubKey& sub, std::string
   return out;
 }
 
+// Each way of naming chunks: its name in manifests, the context of its
+// subkey, its keyed hash.
+struct ChunkHashSpec {
+  ChunkHash hash;
+  std::string_view name;
+  char context[crypto_kdf_CONTEXTBYTES + 1];
+  std::array<unsigned char, kHashBytes> (*digest)(const SubKey&, std::string_view);
+};
+constexpr ChunkHashSpec kChunkHashSpecs[] = {
+    {ChunkHash::kBlake3, "blake3-keyed", "cryoblk3", KeyedBlake3},
+    {ChunkHash::kHmacSha256, "hmac-sha256", "cryohmac", HmacSha256},
+    {ChunkHash::kBlake2b, "blake2b-256", "cryochnk", KeyedHash},
+};
+
+const ChunkHashSpec& SpecOf(ChunkHash hash) {
+  for (const auto& spec : kChunkHashSpecs) {
+    if (spec.hash == hash) return spec;
+  }
+  std::fputs("cryo: a chunk hash without a spec\n", stderr);
+  std::abort();
+}
+
 // Names chunks. Thread-safe. Zero chunks, common in memory images, are
 // hashed once per size.
 class ChunkHasher {
  public:
-  ChunkHasher(const Key& key, ChunkHash hash) : hash_(hash), key_(ChunkSubKey(key, hash)) {}
+  ChunkHasher(const Key& key, ChunkHash hash)
+      : spec_(SpecOf(hash)), key_(DeriveSubKey(key, spec_.context)) {}
 
   std::string Hash(std::string_view data) {
     if (!IsAllZero(reinterpret_cast<const unsigned char*>(data.data()), data.size()))
@@ -141,19 +153,9 @@ class ChunkHasher {
   }
 
  private:
-  std::string Compute(std::string_view data) const {
-    switch (hash_) {
-      case ChunkHash::kBlake2b:
-        return ToHex(KeyedHash(key_, data));
-      case ChunkHash::kHmacSha256:
-        return ToHex(HmacSha256(key_, data));
-      case ChunkHash::kBlake3:
-        break;
-    }
-    return ToHex(KeyedBlake3(key_, data));
-  }
+  std::string Compute(std::string_view data) const { return ToHex(spec_.digest(key_, data)); }
 
-  const ChunkHash hash_;
+  const ChunkHashSpec& spec_;
   const SubKey key_;
   std::mutex mu_;
   std::unordered_map<size_t, std::string> zero_hashes_;
@@ -736,17 +738,7 @@ bool IsIntactChunk(std::string_view hash, std::string_view stored, const Key& ke
   return false;
 }
 
-std::string_view ChunkHashName(ChunkHash hash) {
-  switch (hash) {
-    case ChunkHash::kBlake2b:
-      return "blake2b-256";
-    case ChunkHash::kHmacSha256:
-      return "hmac-sha256";
-    case ChunkHash::kBlake3:
-      break;
-  }
-  return "blake3-keyed";
-}
+std::string_view ChunkHashName(ChunkHash hash) { return SpecOf(hash).name; }
 
 std::optional<ChunkHash> ParseChunkHash(std::string_view name) {
   for (ChunkHash hash : kChunkHashes) {

@@ -58,18 +58,19 @@ void Age(const std::string& path, time_t seconds) {
 TEST(CriuProcDirTest, OnlyAStaleEmptyDirectoryIsRemoved) {
   ProcessInTempDir p;
   const std::string dir = p.ProcDir();
-  EXPECT_EQ(RemoveStaleCriuProcDirs({p.pid()}, std::chrono::seconds(30)), 0) << "none there";
+  EXPECT_FALSE(RemoveStaleCriuProcDir(p.pid(), std::chrono::seconds(30))) << "none there";
   ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
-  EXPECT_EQ(RemoveStaleCriuProcDirs({p.pid()}, std::chrono::seconds(30)), 0);
+  EXPECT_FALSE(RemoveStaleCriuProcDir(p.pid(), std::chrono::seconds(30)));
   EXPECT_EQ(::access(dir.c_str(), F_OK), 0) << "one made a moment ago may be a running dump's";
   ASSERT_NO_FATAL_FAILURE(Age(dir, 3600));
-  EXPECT_EQ(RemoveStaleCriuProcDirs({p.pid(), p.pid(), 999999999}, std::chrono::seconds(30)), 1);
+  EXPECT_FALSE(RemoveStaleCriuProcDir(999999999, std::chrono::seconds(30))) << "no such task";
+  EXPECT_TRUE(RemoveStaleCriuProcDir(p.pid(), std::chrono::seconds(30)));
   EXPECT_NE(::access(dir.c_str(), F_OK), 0);
   // Not empty (or mounted on): left alone.
   ASSERT_EQ(::mkdir(dir.c_str(), 0700), 0);
   ASSERT_EQ(::mkdir((dir + "/inside").c_str(), 0700), 0);
   ASSERT_NO_FATAL_FAILURE(Age(dir, 3600));
-  EXPECT_EQ(RemoveStaleCriuProcDirs({p.pid()}, std::chrono::seconds(30)), 0);
+  EXPECT_FALSE(RemoveStaleCriuProcDir(p.pid(), std::chrono::seconds(30)));
   EXPECT_EQ(::access(dir.c_str(), F_OK), 0);
 }
 
@@ -79,7 +80,7 @@ TEST(CriuProcDirTest, AFileOfThatNameIsNotTouched) {
   ASSERT_GE(fd, 0);
   ::close(fd);
   ASSERT_NO_FATAL_FAILURE(Age(p.ProcDir(), 3600));
-  EXPECT_EQ(RemoveStaleCriuProcDirs({p.pid()}, std::chrono::seconds(30)), 0);
+  EXPECT_FALSE(RemoveStaleCriuProcDir(p.pid(), std::chrono::seconds(30)));
   EXPECT_EQ(::access(p.ProcDir().c_str(), F_OK), 0);
 }
 
