@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+#include <span>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -202,10 +203,12 @@ void EncodeChunk(ZSTD_CCtx* cctx, std::string_view data, std::string& out) {
   });
 }
 
-// Decodes a stored chunk of `size` plaintext bytes. The result points into
-// `stored` or `buf`. The error is the reason it is corrupt.
+// Decodes a stored chunk of `size` plaintext bytes. A raw chunk's plaintext
+// is its payload, inside `stored`; a compressed one is decompressed into
+// `out`, which must have room for `size` bytes and not overlap `stored`.
+// The error is the reason it is corrupt.
 Result<std::string_view> DecodeChunk(ZSTD_DCtx* dctx, std::string_view stored, uint64_t size,
-                                     std::string& buf) {
+                                     char* out) {
   if (stored.empty()) return Fail(ErrorKind::kCorrupt, "empty object");
   auto codec = static_cast<unsigned char>(stored[0]);
   std::string_view payload = stored.substr(1);
@@ -222,18 +225,12 @@ Result<std::string_view> DecodeChunk(ZSTD_DCtx* dctx, std::string_view stored, u
       if (content == ZSTD_CONTENTSIZE_ERROR || content == ZSTD_CONTENTSIZE_UNKNOWN)
         return Fail(ErrorKind::kCorrupt, "bad zstd frame");
       if (content != size) return wrong_size(content);
-      std::optional<std::string> error;
-      buf.resize_and_overwrite(size, [&](char* out, size_t) {
-        size_t n = ZSTD_decompressDCtx(dctx, out, size, payload.data(), payload.size());
-        if (ZSTD_isError(n)) {
-          error = std::string("zstd: ") + ZSTD_getErrorName(n);
-          return size_t{0};
-        }
-        if (n != size) error = "decompresses to " + std::to_string(n) + " bytes";
-        return n;
-      });
-      if (error) return Fail(ErrorKind::kCorrupt, *error);
-      return std::string_view(buf);
+      size_t n = ZSTD_decompressDCtx(dctx, out, size, payload.data(), payload.size());
+      if (ZSTD_isError(n))
+        return Fail(ErrorKind::kCorrupt, std::string("zstd: ") + ZSTD_getErrorName(n));
+      if (n != size)
+        return Fail(ErrorKind::kCorrupt, "decompresses to " + std::to_string(n) + " bytes");
+      return std::string_view(out, size);
     }
     default:
       return Fail(ErrorKind::kCorrupt, "unknown codec " + std::to_string(codec));
@@ -537,7 +534,8 @@ struct ChunkReader::State {
   State(const Key& key, ChunkHash hash) : hasher(key, hash), dctx(ZSTD_createDCtx()) {}
   ChunkHasher hasher;
   ZstdDCtx dctx;
-  std::string buf;
+  std::string compressed;  // a compressed chunk, moved out of the way of its plaintext
+  std::string plain;       // Read's buffer
 };
 
 ChunkReader::ChunkReader(Store& store, const Key& key, ChunkHash hash)
@@ -545,16 +543,36 @@ ChunkReader::ChunkReader(Store& store, const Key& key, ChunkHash hash)
 ChunkReader::~ChunkReader() = default;
 
 Result<std::string_view> ChunkReader::Read(const ImageFile& file, size_t index) {
+  size_t room = ReadRoom(file.chunks.at(index));
+  state_->plain.resize_and_overwrite(room, [](char*, size_t n) { return n; });
+  return ReadInto(file, index, state_->plain);
+}
+
+Result<std::string_view> ChunkReader::ReadInto(const ImageFile& file, size_t index,
+                                               std::span<char> out) {
   const ChunkRef& ref = file.chunks.at(index);
   std::string what = "image " + file.name + ": chunk " + ShortHash(ref.hash);
-  auto stored = store_.Get(ChunkKey(ref.hash));
-  if (!stored) {
-    if (stored.error().kind() == ErrorKind::kNotFound)
-      return Fail(ErrorKind::kCorrupt, what + " is missing from " + store_.url());
-    return std::unexpected(stored.error().WithContext(what + " from " + store_.url()));
+  if (out.size() < ReadRoom(ref)) {
+    return Fail(ErrorKind::kInternal, what + ": no room to read it into");
   }
-  stored_ = std::move(*stored);
-  auto plain = DecodeChunk(state_->dctx.get(), stored_, ref.size, state_->buf);
+  // Intact, the stored chunk is a codec byte and at most `ref.size` bytes.
+  auto got = store_.GetInto(ChunkKey(ref.hash), out);
+  if (!got) {
+    if (got.error().kind() == ErrorKind::kNotFound)
+      return Fail(ErrorKind::kCorrupt, what + " is missing from " + store_.url());
+    return std::unexpected(got.error().WithContext(what + " from " + store_.url()));
+  }
+  if (*got > out.size()) {
+    return Fail(ErrorKind::kCorrupt, what + " is corrupt (" + std::to_string(*got) +
+                                         " bytes stored for " + std::to_string(ref.size) + ")");
+  }
+  std::string_view stored(out.data(), *got);
+  if (!stored.empty() && static_cast<unsigned char>(stored[0]) == kCodecZstd) {
+    // The plaintext goes where the payload of a raw chunk would be.
+    state_->compressed.assign(stored);
+    stored = state_->compressed;
+  }
+  auto plain = DecodeChunk(state_->dctx.get(), stored, ref.size, out.data() + 1);
   if (!plain)
     return Fail(ErrorKind::kCorrupt, what + " is corrupt (" + plain.error().message() + ")");
   if (state_->hasher.Hash(*plain) != ref.hash)
@@ -654,6 +672,10 @@ Status ValidateManifest(const Manifest& m) {
       if (!IsHashHex(chunk.hash))
         return Fail(ErrorKind::kCorrupt,
                     "manifest " + m.id + ": image " + file.name + " has a malformed chunk hash");
+      if (chunk.size == 0 || chunk.size > kMaxChunk)
+        return Fail(ErrorKind::kCorrupt, "manifest " + m.id + ": image " + file.name +
+                                             " has a chunk of " + std::to_string(chunk.size) +
+                                             " bytes (chunks hold 1 byte to 1 MiB)");
     }
   }
   return {};
@@ -729,8 +751,8 @@ bool IsIntactChunk(std::string_view hash, std::string_view stored, const Key& ke
     size = content;
   }
   ZstdDCtx dctx(ZSTD_createDCtx());
-  std::string buf;
-  auto plain = DecodeChunk(dctx.get(), stored, size, buf);
+  std::string buf(size, '\0');
+  auto plain = DecodeChunk(dctx.get(), stored, size, buf.data());
   if (!plain) return false;
   for (ChunkHash h : kChunkHashes) {
     if (ChunkHasher(key, h).Hash(*plain) == hash) return true;

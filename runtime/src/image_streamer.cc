@@ -86,48 +86,58 @@ bool ReaderGone(int fd) {
   return ::poll(&p, 1, 0) == 1 && (p.revents & POLLERR) != 0;
 }
 
-// A chunk's bytes in whole pages of their own, so that once spliced into a
-// pipe they can be taken out of our address space while the pipe keeps them.
+// A chunk read into whole pages of its own, so that once spliced into a pipe
+// they can be taken out of our address space while the pipe keeps them.
 class PageBuffer {
  public:
-  static PageBuffer CopyOf(std::string_view data) {
+  // Room for `size` bytes, uninitialised.
+  static PageBuffer WithRoom(size_t size) {
     PageBuffer b;
-    b.size_ = data.size();
-    b.data_ = static_cast<char*>(std::aligned_alloc(kPage, b.capacity()));
-    if (b.data_ == nullptr) throw std::bad_alloc();
-    std::memcpy(b.data_, data.data(), data.size());
+    b.capacity_ = std::max(kPage, (size + kPage - 1) / kPage * kPage);
+    b.base_ = static_cast<char*>(std::aligned_alloc(kPage, b.capacity_));
+    if (b.base_ == nullptr) throw std::bad_alloc();
+    b.room_ = size;
     return b;
   }
   PageBuffer(PageBuffer&& other) noexcept
-      : data_(std::exchange(other.data_, nullptr)), size_(other.size_) {}
+      : base_(std::exchange(other.base_, nullptr)),
+        capacity_(other.capacity_),
+        room_(other.room_),
+        bytes_(other.bytes_) {}
   PageBuffer& operator=(PageBuffer&& other) noexcept {
-    std::swap(data_, other.data_);
-    std::swap(size_, other.size_);
+    std::swap(base_, other.base_);
+    std::swap(capacity_, other.capacity_);
+    std::swap(room_, other.room_);
+    std::swap(bytes_, other.bytes_);
     return *this;
   }
-  ~PageBuffer() { std::free(data_); }
+  ~PageBuffer() { std::free(base_); }
 
-  char* data() { return data_; }
-  size_t size() const { return size_; }
+  std::span<char> room() { return {base_, room_}; }
+  // What of the room the buffer stands for from now on: the chunk's
+  // plaintext, somewhere in room().
+  void Keep(std::string_view bytes) { bytes_ = bytes; }
+  std::string_view bytes() const { return bytes_; }
 
   // Puts fresh pages where ours were: whoever still references the old ones
   // (a pipe) keeps them, and nothing we do later can change them. False if
   // the kernel refused; the buffer is then never freed (see SplicedChunks).
   bool Detach() {
-    void* fresh = ::mmap(data_, capacity(), PROT_READ | PROT_WRITE,
+    void* fresh = ::mmap(base_, capacity_, PROT_READ | PROT_WRITE,
                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
     if (fresh != MAP_FAILED) return true;
-    data_ = nullptr;  // leaked on purpose
+    base_ = nullptr;  // leaked on purpose
     return false;
   }
 
  private:
   static constexpr size_t kPage = 4096;
   PageBuffer() = default;
-  size_t capacity() const { return std::max(kPage, (size_ + kPage - 1) / kPage * kPage); }
 
-  char* data_ = nullptr;
-  size_t size_ = 0;
+  char* base_ = nullptr;
+  size_t capacity_ = 0;
+  size_t room_ = 0;
+  std::string_view bytes_;
 };
 
 // Verified chunks whose pages CRIU's pipe references instead of copies
@@ -430,12 +440,13 @@ class StreamServer final : public ImageStreamServer {
   // Finish() is called while CRIU neither reads nor closes it.
   Result<bool> WriteToCriu(const ImageFile& file, int pipe, PageBuffer chunk,
                            SplicedChunks& spliced) {
+    const std::string_view bytes = chunk.bytes();
     size_t done = 0;
     auto keep = [&](Result<bool> result) {
       spliced.Add(std::move(chunk), done);
       return result;
     };
-    while (done < chunk.size()) {
+    while (done < bytes.size()) {
       if (stopped_) {
         if (ReaderGone(pipe)) return keep(false);
         return keep(Fail(ErrorKind::kUnavailable,
@@ -443,7 +454,7 @@ class StreamServer final : public ImageStreamServer {
                              ": the stream was stopped before CRIU read all of it (CRIU neither "
                              "read nor closed its pipe)"));
       }
-      iovec iov{chunk.data() + done, chunk.size() - done};
+      iovec iov{const_cast<char*>(bytes.data()) + done, bytes.size() - done};
       ssize_t n = ::vmsplice(pipe, &iov, 1, SPLICE_F_NONBLOCK);
       if (n >= 0) {
         done += static_cast<size_t>(n);
@@ -492,9 +503,12 @@ class StreamServer final : public ImageStreamServer {
           changed.wait(lock, [&] { return stop || i < written + kAhead; });
           if (stop) return;
         }
-        auto chunk = reader.Read(file, i);
+        // Read, decoded and verified where it is spliced from: no copy.
+        auto buffer = PageBuffer::WithRoom(ChunkReader::ReadRoom(file.chunks[i]));
+        auto chunk = reader.ReadInto(file, i, buffer.room());
+        if (chunk) buffer.Keep(*chunk);
         std::lock_guard lock(mu);
-        ring[i % kAhead] = chunk ? Result<PageBuffer>(PageBuffer::CopyOf(*chunk))
+        ring[i % kAhead] = chunk ? Result<PageBuffer>(std::move(buffer))
                                  : Result<PageBuffer>(std::unexpected(chunk.error()));
         changed.notify_all();
       }
@@ -529,7 +543,7 @@ class StreamServer final : public ImageStreamServer {
         SetError(chunk.error(), true);
         return halt();
       }
-      size_t size = chunk->size();
+      size_t size = chunk->bytes().size();
       auto sent = WriteToCriu(file, pipe, std::move(*chunk), spliced);
       if (!sent) SetError(sent.error(), false);
       if (!sent || !*sent) return halt();

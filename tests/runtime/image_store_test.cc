@@ -409,6 +409,15 @@ TEST_F(ImagesTest, TruncatedChunkIsDetected) {
   ExpectDamageDetected(files, "is corrupt");
 }
 
+TEST_F(ImagesTest, LengthenedChunkIsDetected) {
+  std::vector<ImageFile> files = StoreOrDie();
+  std::string key = PagesChunkKey(files);
+  std::string chunk = store_.Get(key).value();
+  ASSERT_TRUE(store_.Put(key, chunk + std::string(5000, 'x')).has_value());
+  ExpectDamageDetected(files,
+                       "is corrupt (" + std::to_string(chunk.size() + 5000) + " bytes stored for ");
+}
+
 TEST_F(ImagesTest, DamagedCompressedChunkIsDetected) {
   std::vector<ImageFile> files = StoreOrDie();
   std::string key = ChunkKey(files[3].chunks.back().hash);
@@ -806,7 +815,11 @@ TEST(ManifestTest, AuthenticManifestWithBadContentIsRefused) {
   bad_hash.files[2].chunks[1].hash = "zz";
   Manifest upper_hash = FullManifest();
   upper_hash.files[2].chunks[1].hash = std::string(64, 'F');
-  for (const Manifest* m : {&no_id, &bad_name, &bad_hash, &upper_hash}) {
+  Manifest huge_chunk = FullManifest();
+  huge_chunk.files[2].chunks[1].size = (uint64_t{1} << 20) + 1;
+  Manifest empty_chunk = FullManifest();
+  empty_chunk.files[2].chunks[1].size = 0;
+  for (const Manifest* m : {&no_id, &bad_name, &bad_hash, &upper_hash, &huge_chunk, &empty_chunk}) {
     auto decoded = DecodeManifest(EncodeManifest(*m, TestKey()), TestKey());
     ASSERT_FALSE(decoded.has_value());
     EXPECT_EQ(decoded.error().kind(), ErrorKind::kCorrupt);

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <optional>
 #include <random>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -232,6 +233,35 @@ class FileStore final : public Store {
     if (!data) return std::unexpected(data.error().WithContext(Doing("get", key)));
     if (!*data) return SysFail(Doing("get", key) + ": no such object", ENOENT);
     return std::move(**data);
+  }
+
+  // One read(2) into `out` (two syscalls fewer than Get, and no copy):
+  // restore reads every chunk this way.
+  Result<size_t> GetInto(std::string_view key, std::span<char> out) override {
+    if (auto s = CheckKey(key); !s) return std::unexpected(s.error());
+    std::string path = PathOf(key);
+    auto fail = [&](const std::string& what) {
+      return std::unexpected(SysFail(what).error().WithContext(Doing("get", key)));
+    };
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) {
+      if (errno == ENOENT || errno == ENOTDIR)
+        return SysFail(Doing("get", key) + ": no such object", ENOENT);
+      return fail("open " + path);
+    }
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) return fail("fstat " + path);
+    auto size = static_cast<size_t>(st.st_size);
+    if (size > out.size()) return size;
+    size_t got = 0;
+    while (got < size) {
+      ssize_t n = ::read(fd.get(), out.data() + got, size - got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return fail("read " + path);
+      if (n == 0) break;  // shorter than it was a moment ago: what is there
+      got += static_cast<size_t>(n);
+    }
+    return got;
   }
 
   Result<bool> Exists(std::string_view key) override {

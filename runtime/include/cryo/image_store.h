@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -161,12 +162,16 @@ class ChunkReader {
   // The plaintext of chunk `index` of `file` (valid until the next Read).
   // Errors name the file and the chunk; damage is kCorrupt.
   Result<std::string_view> Read(const ImageFile& file, size_t index);
+  // Like Read, but into `out`, which must hold ReadRoom(chunk) bytes: the
+  // stored chunk is read there and decoded in place, the plaintext at
+  // out.data() + 1 (restore splices it from there, copied no more).
+  Result<std::string_view> ReadInto(const ImageFile& file, size_t index, std::span<char> out);
+  static size_t ReadRoom(const ChunkRef& chunk) { return 1 + chunk.size; }
 
  private:
   struct State;
   Store& store_;
   std::unique_ptr<State> state_;
-  std::string stored_;
 };
 
 // Reads and verifies every chunk of `files` without writing anything.

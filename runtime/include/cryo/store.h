@@ -12,8 +12,10 @@
 // Thread-safety: every method may be called from several threads at once.
 #pragma once
 
+#include <cstring>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,6 +38,16 @@ class Store {
   virtual Result<bool> PutIfAbsent(std::string_view key, std::string_view data) = 0;
   // The object at `key`; kNotFound when there is none.
   virtual Result<std::string> Get(std::string_view key) = 0;
+  // Reads the object at `key` into memory the caller owns: copies it into
+  // `out` if it fits and returns its size; if it does not fit, returns its
+  // size (more than out.size()) and leaves `out` unspecified. kNotFound when
+  // there is none. Stores that can read straight into `out` override this.
+  virtual Result<size_t> GetInto(std::string_view key, std::span<char> out) {
+    auto data = Get(key);
+    if (!data) return std::unexpected(data.error());
+    if (data->size() <= out.size()) std::memcpy(out.data(), data->data(), data->size());
+    return data->size();
+  }
   virtual Result<bool> Exists(std::string_view key) = 0;
   // Keys starting with `prefix`, sorted.
   virtual Result<std::vector<std::string>> List(std::string_view prefix) = 0;

@@ -156,6 +156,33 @@ TEST_F(FileStoreTest, GetOfMissingKeyIsNotFoundNamingKeyAndStore) {
   }
 }
 
+TEST_F(FileStoreTest, GetIntoReadsIntoTheCallersMemoryOrSaysHowBigTheObjectIs) {
+  std::string data;
+  for (int i = 0; i < 3 * 65536 + 17; ++i) data += static_cast<char>(i % 251);
+  ASSERT_TRUE(store_->Put("chunks/ab/ab12", data).has_value());
+
+  std::vector<char> room(data.size() + 100, '#');
+  auto got = store_->GetInto("chunks/ab/ab12", room);
+  ASSERT_TRUE(got.has_value()) << got.error().ToString();
+  EXPECT_EQ(*got, data.size());
+  EXPECT_EQ(std::string_view(room.data(), *got), data);
+  EXPECT_EQ(room[data.size()], '#') << "nothing written past the object";
+
+  std::vector<char> small(data.size() - 1, '#');
+  got = store_->GetInto("chunks/ab/ab12", small);
+  ASSERT_TRUE(got.has_value()) << got.error().ToString();
+  EXPECT_EQ(*got, data.size()) << "an object that does not fit: its size";
+
+  auto missing = store_->GetInto("chunks/ab/absent", room);
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_EQ(missing.error().kind(), ErrorKind::kNotFound);
+  EXPECT_NE(missing.error().message().find("'chunks/ab/absent'"), std::string::npos)
+      << missing.error().message();
+  auto bad = store_->GetInto("../escape", room);
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_EQ(bad.error().kind(), ErrorKind::kInvalidArgument);
+}
+
 TEST_F(FileStoreTest, RejectsBadKeysInEveryMethod) {
   const std::string bad_keys[] = {
       "",   "/abs", "..",    "../escape", "a/../b",    "a..b",      "a//b",
