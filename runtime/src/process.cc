@@ -139,13 +139,32 @@ Result<Spawned> Spawn(const SpawnOptions& options) {
   if (!error_pipe) return std::unexpected(error_pipe.error());
   auto& [error_r, error_w] = *error_pipe;
 
+  // The child is born into its cgroup (CLONE_INTO_CGROUP): moving it there
+  // afterwards waits for the cgroup lock, some 15 ms for a cgroup's first
+  // process (a restore's CRIU). Where the kernel cannot (cgroup v1, say),
+  // the child moves itself.
+  UniqueFd cgroup_dir;
+  if (!options.cgroup_procs.empty()) {
+    std::string dir = options.cgroup_procs.substr(0, options.cgroup_procs.rfind('/'));
+    cgroup_dir.reset(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  }
   int pidfd = -1;
   clone_args args{};
   args.flags = CLONE_PIDFD;
   args.pidfd = reinterpret_cast<uint64_t>(&pidfd);
   args.exit_signal = SIGCHLD;
+  if (cgroup_dir.valid()) {
+    args.flags |= CLONE_INTO_CGROUP;
+    args.cgroup = static_cast<uint64_t>(cgroup_dir.get());
+  }
   long pid = ::syscall(SYS_clone3, &args, sizeof args);
+  if (pid < 0 && cgroup_dir.valid() && errno != EAGAIN && errno != ENOMEM) {
+    args.flags &= ~static_cast<uint64_t>(CLONE_INTO_CGROUP);
+    args.cgroup = 0;
+    pid = ::syscall(SYS_clone3, &args, sizeof args);
+  }
   if (pid < 0) return SysFail("clone3 for " + options.path);
+  const bool in_cgroup = (args.flags & CLONE_INTO_CGROUP) != 0;
   if (pid == 0) {
     int efd = error_w.get();
     // Move the error pipe and every source fd above all targets, so that
@@ -168,7 +187,7 @@ Result<Spawned> Spawn(const SpawnOptions& options) {
     }
     if (max_target + 1 < efd) ::close_range(static_cast<unsigned>(max_target + 1), efd - 1, 0);
     ::close_range(static_cast<unsigned>(efd + 1), ~0U, 0);
-    if (!options.cgroup_procs.empty()) {
+    if (!options.cgroup_procs.empty() && !in_cgroup) {
       int cg = ::open(options.cgroup_procs.c_str(), O_WRONLY | O_CLOEXEC);
       if (cg < 0 || ::write(cg, "0", 1) != 1) ChildFail(efd, errno);
       ::close(cg);

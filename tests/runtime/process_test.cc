@@ -4,13 +4,18 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <string>
 
+#include "cryo/cgroup.h"
 #include "cryo/file_util.h"
+#include "temp_dir.h"
 
 namespace cryo {
 namespace {
@@ -175,6 +180,60 @@ TEST(SpawnTest, TooManyFdsIsAnErrorNotASilentDrop) {
   auto child = Spawn({.path = "/bin/true", .argv = {"true"}, .fds = fds});
   ASSERT_FALSE(child.has_value());
   EXPECT_EQ(child.error().kind(), ErrorKind::kInvalidArgument);
+}
+
+// Spawns cat into the cgroup `dir` and returns the /proc/self/cgroup it
+// printed: where the program the child execs runs.
+std::string CgroupSeenBySpawned(const std::string& dir) {
+  auto pipe = MakePipe();
+  EXPECT_TRUE(pipe.has_value());
+  if (!pipe) return "";
+  auto& [r, w] = *pipe;
+  auto child = Spawn({.path = "/bin/cat",
+                      .argv = {"cat", "/proc/self/cgroup"},
+                      .fds = {{1, w.get()}},
+                      .cgroup_procs = dir + "/cgroup.procs"});
+  EXPECT_TRUE(child.has_value()) << child.error().ToString();
+  if (!child) return "";
+  w.reset();
+  auto out = ReadToEnd(r.get());
+  EXPECT_EQ(Reap(child->pid), 0);
+  return out.value_or("");
+}
+
+TEST(SpawnTest, ChildRunsInTheJobCgroupFromItsStart) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to make a cgroup";
+  auto cgroup = Cgroup::Create("spawn-test-" + std::to_string(::getpid()));
+  ASSERT_TRUE(cgroup.has_value()) << cgroup.error().ToString();
+  std::string leaf = cgroup->path().substr(cgroup->path().rfind('/'));
+  std::string seen = CgroupSeenBySpawned(cgroup->path());
+  EXPECT_NE(seen.find(leaf + "\n"), std::string::npos) << seen;
+}
+
+// In a cgroup2 hierarchy the child is born there (CLONE_INTO_CGROUP); the
+// job cgroups of a machine with the v1 freezer are not, so this makes one.
+TEST(SpawnTest, ChildIsBornIntoACgroup2Cgroup) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to make a cgroup";
+  std::string root;
+  for (const char* r : {"/sys/fs/cgroup", "/sys/fs/cgroup/unified"}) {
+    if (::access((std::string(r) + "/cgroup.controllers").c_str(), F_OK) == 0) root = r;
+  }
+  if (root.empty()) GTEST_SKIP() << "no cgroup2 hierarchy mounted";
+  std::string name = "cryo-spawn-test-" + std::to_string(::getpid());
+  std::string dir = root + "/" + name;
+  ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0) << std::strerror(errno);
+  std::string seen = CgroupSeenBySpawned(dir);
+  EXPECT_NE(seen.find("0::/" + name + "\n"), std::string::npos) << seen;
+  EXPECT_EQ(::rmdir(dir.c_str()), 0) << std::strerror(errno);
+}
+
+TEST(SpawnTest, ACgroupThatCannotBeJoinedIsAnError) {
+  TempDir dir;
+  auto child =
+      Spawn({.path = "/bin/true", .argv = {"true"}, .cgroup_procs = dir.path() + "/cgroup.procs"});
+  ASSERT_FALSE(child.has_value());
+  EXPECT_NE(child.error().message().find("/bin/true"), std::string::npos)
+      << child.error().message();
 }
 
 TEST(ChildPidsTest, ListsSpawnedChild) {

@@ -47,8 +47,8 @@ struct SpawnOptions {
   std::vector<std::string> env;   // the child's whole environment
   // fds the child gets: {child fd, parent fd}. Every other fd is closed.
   std::vector<std::pair<int, int>> fds;
-  // If set, the child moves itself into this cgroup (its cgroup.procs
-  // file) before exec.
+  // If set, the child runs in this cgroup (its cgroup.procs file) from
+  // birth where the kernel allows, or moves itself there before exec.
   std::string cgroup_procs;
 };
 
