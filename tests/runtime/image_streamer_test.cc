@@ -288,6 +288,39 @@ TEST_F(ImageStreamerTest, AChunkThatFailsVerificationIsNeverWrittenAndEndsTheFil
   EXPECT_TRUE(server->chunk_failed());
 }
 
+// Chunks are read into the memory they are spliced from and decoded there:
+// a compressed chunk that fails to decompress, or a chunk longer than that
+// memory, must end the file there too.
+TEST_F(ImageStreamerTest, ADamagedCompressedOrLengthenedChunkEndsTheFile) {
+  const ImageFile* pages = nullptr;
+  for (const auto& f : files_) {
+    if (f.name == "pages-1.img") pages = &f;
+  }
+  ASSERT_NE(pages, nullptr);
+  const ChunkRef& last = pages->chunks.back();  // zeros: stored compressed
+  std::string key = ChunkKey(last.hash);
+  const std::string intact = *store_.Get(key);
+  ASSERT_EQ(intact[0], '\1') << "zstd";
+  std::string damaged = intact;
+  damaged[damaged.size() / 2] ^= 0x40;
+  for (const std::string& stored : {damaged, intact + std::string(last.size + 10, 'x')}) {
+    ASSERT_TRUE(store_.Put(key, stored).has_value());
+    auto server = Listen();
+    FakeCriu criu(served_.path());
+    auto got = criu.Get("pages-1.img");
+    ASSERT_TRUE(got.has_value());
+    EXPECT_EQ(got->size(), pages->size - last.size);
+    EXPECT_TRUE(*got == contents_["pages-1.img"].substr(0, got->size()));
+    criu.Close();
+    auto status = server->Finish();
+    ASSERT_FALSE(status.has_value());
+    EXPECT_EQ(status.error().kind(), ErrorKind::kCorrupt);
+    EXPECT_NE(status.error().message().find("is corrupt"), std::string::npos)
+        << status.error().message();
+    EXPECT_TRUE(server->chunk_failed());
+  }
+}
+
 TEST_F(ImageStreamerTest, AMalformedRequestIsAnErrorNotACrash) {
   auto server = Listen();
   FakeCriu criu(served_.path());
