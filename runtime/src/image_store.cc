@@ -664,20 +664,8 @@ std::string ManifestMac(const Key& key, std::string_view body) {
 
 Status ValidateManifest(const Manifest& m) {
   if (m.id.empty()) return Fail(ErrorKind::kCorrupt, "manifest has no checkpoint id");
-  for (const auto& file : m.files) {
-    if (!IsValidFileName(file.name))
-      return Fail(ErrorKind::kCorrupt, "manifest " + m.id + ": image file name \"" + file.name +
-                                           "\" is not a plain name");
-    for (const auto& chunk : file.chunks) {
-      if (!IsHashHex(chunk.hash))
-        return Fail(ErrorKind::kCorrupt,
-                    "manifest " + m.id + ": image " + file.name + " has a malformed chunk hash");
-      if (chunk.size == 0 || chunk.size > kMaxChunk)
-        return Fail(ErrorKind::kCorrupt, "manifest " + m.id + ": image " + file.name +
-                                             " has a chunk of " + std::to_string(chunk.size) +
-                                             " bytes (chunks hold 1 byte to 1 MiB)");
-    }
-  }
+  if (auto s = ValidateImageFiles(m.files); !s)
+    return std::unexpected(s.error().WithContext("manifest " + m.id));
   return {};
 }
 

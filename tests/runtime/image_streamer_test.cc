@@ -178,6 +178,14 @@ class ImageStreamerTest : public ::testing::Test {
     return server ? std::move(*server) : nullptr;
   }
 
+  // The stored file named `name`, or nullptr.
+  const ImageFile* Stored(std::string_view name) const {
+    for (const auto& f : files_) {
+      if (f.name == name) return &f;
+    }
+    return nullptr;
+  }
+
   // Finish() must fail: its message ("" if it did not).
   static std::string FinishError(ImageStreamServer& server) {
     auto status = server.Finish();
@@ -260,10 +268,7 @@ TEST_F(ImageStreamerTest, ASlowReaderStillGetsEveryByteAsStored) {
 
 TEST_F(ImageStreamerTest, AChunkThatFailsVerificationIsNeverWrittenAndEndsTheFile) {
   // Damage the third chunk of pages-1.img in the store.
-  const ImageFile* pages = nullptr;
-  for (const auto& f : files_) {
-    if (f.name == "pages-1.img") pages = &f;
-  }
+  const ImageFile* pages = Stored("pages-1.img");
   ASSERT_NE(pages, nullptr);
   ASSERT_GE(pages->chunks.size(), 4u);
   std::string key = ChunkKey(pages->chunks[2].hash);
@@ -292,10 +297,7 @@ TEST_F(ImageStreamerTest, AChunkThatFailsVerificationIsNeverWrittenAndEndsTheFil
 // a compressed chunk that fails to decompress, or a chunk longer than that
 // memory, must end the file there too.
 TEST_F(ImageStreamerTest, ADamagedCompressedOrLengthenedChunkEndsTheFile) {
-  const ImageFile* pages = nullptr;
-  for (const auto& f : files_) {
-    if (f.name == "pages-1.img") pages = &f;
-  }
+  const ImageFile* pages = Stored("pages-1.img");
   ASSERT_NE(pages, nullptr);
   const ChunkRef& last = pages->chunks.back();  // zeros: stored compressed
   std::string key = ChunkKey(last.hash);

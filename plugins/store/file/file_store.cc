@@ -240,28 +240,22 @@ class FileStore final : public Store {
   Result<size_t> GetInto(std::string_view key, std::span<char> out) override {
     if (auto s = CheckKey(key); !s) return std::unexpected(s.error());
     std::string path = PathOf(key);
-    auto fail = [&](const std::string& what) {
-      return std::unexpected(SysFail(what).error().WithContext(Doing("get", key)));
-    };
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd.valid()) {
-      if (errno == ENOENT || errno == ENOTDIR)
+    auto fd = OpenFile(path, O_RDONLY);
+    if (!fd) {
+      int err = fd.error().sys_errno();
+      if (err == ENOENT || err == ENOTDIR)
         return SysFail(Doing("get", key) + ": no such object", ENOENT);
-      return fail("open " + path);
+      return std::unexpected(fd.error().WithContext(Doing("get", key)));
     }
     struct stat st {};
-    if (::fstat(fd.get(), &st) != 0) return fail("fstat " + path);
+    if (::fstat(fd->get(), &st) != 0)
+      return std::unexpected(SysFail("fstat " + path).error().WithContext(Doing("get", key)));
     auto size = static_cast<size_t>(st.st_size);
     if (size > out.size()) return size;
-    size_t got = 0;
-    while (got < size) {
-      ssize_t n = ::read(fd.get(), out.data() + got, size - got);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return fail("read " + path);
-      if (n == 0) break;  // shorter than it was a moment ago: what is there
-      got += static_cast<size_t>(n);
-    }
-    return got;
+    // Fewer bytes than that if it shrank meanwhile: what is there.
+    auto got = ReadFull(fd->get(), out.first(size));
+    if (!got) return std::unexpected(got.error().WithContext(Doing("get", key) + ": " + path));
+    return *got;
   }
 
   Result<bool> Exists(std::string_view key) override {
