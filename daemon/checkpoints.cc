@@ -234,7 +234,9 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   if (!work) return std::unexpected(work.error().WithContext(context));
   auto criu = CreateCriuCheckpointer(options_.criu_path);
   if (!criu) return std::unexpected(criu.error().WithContext(context));
-  m.criu_version = (*criu)->version();
+  auto criu_version = (*criu)->Version();
+  if (!criu_version) return std::unexpected(criu_version.error().WithContext(context));
+  m.criu_version = std::move(*criu_version);
 
   // With --stop the job dies once CRIU is told the checkpoint is committed:
   // store and publish while it is frozen. Otherwise let it run again as

@@ -4,11 +4,14 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <sstream>
 
 #include "criu/rpc.pb.h"
@@ -176,12 +179,65 @@ std::string Failure(const criu_resp& resp) {
   return why.empty() ? "" : " (" + why + ")";
 }
 
+// What identifies a CRIU binary for its version: replaced or rebuilt, it is
+// asked again.
+struct BinaryIdentity {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  off_t size = 0;
+  timespec mtime{};
+  bool operator==(const BinaryIdentity& o) const {
+    return dev == o.dev && ino == o.ino && size == o.size && mtime.tv_sec == o.mtime.tv_sec &&
+           mtime.tv_nsec == o.mtime.tv_nsec;
+  }
+};
+
+Result<BinaryIdentity> IdentityOf(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return SysFail("CRIU at " + path);
+  return BinaryIdentity{st.st_dev, st.st_ino, st.st_size, st.st_mtim};
+}
+
+// Asks the CRIU at `path` its version ("4.2.1").
+Result<std::string> AskVersion(const std::string& path) {
+  auto session = Session::Start(path, {}, "");
+  if (!session) return std::unexpected(session.error());
+  criu_req req;
+  req.set_type(VERSION);
+  auto resp = session->Run(req, nullptr, nullptr);
+  if (!resp) return std::unexpected(resp.error().WithContext(path + " does not answer"));
+  std::string version = std::to_string(resp->version().major_number()) + "." +
+                        std::to_string(resp->version().minor_number());
+  if (resp->version().has_sublevel()) version += "." + std::to_string(resp->version().sublevel());
+  return version;
+}
+
+// Versions already asked, by binary: asking starts a CRIU (6-17 ms here),
+// once per checkpoint before this cache.
+std::mutex versions_mu;
+std::map<std::string, std::pair<BinaryIdentity, std::string>>& Versions() {
+  static auto* versions = new std::map<std::string, std::pair<BinaryIdentity, std::string>>();
+  return *versions;  // never destroyed
+}
+
 class CriuCheckpointer final : public Checkpointer {
  public:
-  CriuCheckpointer(std::string path, std::string version)
-      : path_(std::move(path)), version_(std::move(version)) {}
+  explicit CriuCheckpointer(std::string path) : path_(std::move(path)) {}
 
-  const std::string& version() const override { return version_; }
+  Result<std::string> Version() override {
+    auto identity = IdentityOf(path_);
+    if (!identity) return std::unexpected(identity.error());
+    {
+      std::lock_guard lock(versions_mu);
+      auto it = Versions().find(path_);
+      if (it != Versions().end() && it->second.first == *identity) return it->second.second;
+    }
+    auto version = AskVersion(path_);
+    if (!version) return version;
+    std::lock_guard lock(versions_mu);
+    Versions()[path_] = {*identity, *version};
+    return version;
+  }
 
   Status Dump(const DumpOptions& o, const CommitFn& commit) override {
     auto session = Session::Start(path_, {}, "");
@@ -287,7 +343,6 @@ class CriuCheckpointer final : public Checkpointer {
   }
 
   std::string path_;
-  std::string version_;
 };
 
 }  // namespace
@@ -296,16 +351,8 @@ Result<std::unique_ptr<Checkpointer>> CreateCriuCheckpointer(const std::string& 
   if (criu_path.empty() || criu_path[0] != '/') {
     return Fail(ErrorKind::kInvalidArgument, "the CRIU path must be absolute: '" + criu_path + "'");
   }
-  auto session = Session::Start(criu_path, {}, "");
-  if (!session) return std::unexpected(session.error());
-  criu_req req;
-  req.set_type(VERSION);
-  auto resp = session->Run(req, nullptr, nullptr);
-  if (!resp) return std::unexpected(resp.error().WithContext(criu_path + " does not answer"));
-  std::string version = std::to_string(resp->version().major_number()) + "." +
-                        std::to_string(resp->version().minor_number());
-  if (resp->version().has_sublevel()) version += "." + std::to_string(resp->version().sublevel());
-  return std::make_unique<CriuCheckpointer>(criu_path, version);
+  if (::access(criu_path.c_str(), X_OK) != 0) return SysFail("CRIU at " + criu_path);
+  return std::make_unique<CriuCheckpointer>(criu_path);
 }
 
 }  // namespace cryo

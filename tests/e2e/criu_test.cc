@@ -1,7 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 // The CRIU that tools/setup.sh built works on this machine.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
 
+#include <filesystem>
+
+#include "cryo/checkpointer.h"
+#include "cryo/file_util.h"
 #include "harness.h"
 
 namespace cryo::testing {
@@ -23,6 +30,45 @@ TEST(Criu, IsAtLeastVersion42) {
   ASSERT_EQ(std::sscanf(r.out.c_str(), "Version: %d.%d", &major, &minor), 2) << r.out;
   EXPECT_TRUE(major > 4 || (major == 4 && minor >= 2))
       << "CRIU " << major << "." << minor << " is too old for this kernel; need >= 4.2";
+}
+
+// cryod asks CRIU its version for every checkpoint's manifest; starting a
+// CRIU for that costs more than a checkpoint of a small job does otherwise.
+// The answer is kept per binary, and asked again once the binary changes.
+TEST(Criu, VersionIsAskedOncePerBinary) {
+  char pattern[] = "/tmp/cryo_criu.XXXXXX";
+  ASSERT_NE(::mkdtemp(pattern), nullptr);
+  std::string dir = pattern;
+  std::string copy = dir + "/criu";
+  std::filesystem::copy_file(CriuBinary(), copy);
+  ASSERT_EQ(::chmod(copy.c_str(), 0755), 0);
+
+  auto criu = CreateCriuCheckpointer(copy);
+  ASSERT_TRUE(criu) << criu.error().ToString();
+  auto version = (*criu)->Version();
+  ASSERT_TRUE(version) << version.error().ToString();
+  int major = 0, minor = 0;
+  EXPECT_EQ(std::sscanf(version->c_str(), "%d.%d", &major, &minor), 2) << *version;
+
+  // The same file, no longer executable: the answer comes from the cache
+  // (any new CRIU a checkpointer starts from it would fail).
+  ASSERT_EQ(::chmod(copy.c_str(), 0644), 0);
+  auto again = (*criu)->Version();
+  ASSERT_TRUE(again) << again.error().ToString();
+  EXPECT_EQ(*again, *version);
+
+  // Changed (a new modification time): asked again, which now fails, and
+  // says where.
+  timespec times[2] = {{0, UTIME_OMIT}, {12345, 0}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, copy.c_str(), times, 0), 0);
+  auto changed = (*criu)->Version();
+  ASSERT_FALSE(changed);
+  EXPECT_NE(changed.error().ToString().find(copy), std::string::npos) << changed.error().ToString();
+
+  // And a path where nothing can run is refused up front.
+  EXPECT_FALSE(CreateCriuCheckpointer(copy));
+  EXPECT_FALSE(CreateCriuCheckpointer("criu"));
+  ASSERT_TRUE(RemoveTree(dir));
 }
 
 }  // namespace

@@ -57,15 +57,17 @@ using CommitFn = std::function<Status()>;
 class Checkpointer {
  public:
   virtual ~Checkpointer() = default;
-  // "4.2.1" or similar.
-  virtual const std::string& version() const = 0;
+  // "4.2.1" or similar. Asks CRIU once per binary in this process (again
+  // when the file at the path changes).
+  virtual Result<std::string> Version() = 0;
   virtual Status Dump(const DumpOptions& options, const CommitFn& commit) = 0;
   // Restores the tree as a child of the calling process (rst_sibling);
   // returns the pid of its root.
   virtual Result<pid_t> Restore(const RestoreOptions& options) = 0;
 };
 
-// The CRIU at `criu_path` (absolute). Fails if it is missing or does not run.
+// The CRIU at `criu_path` (absolute). Fails if there is no executable file
+// there; whether it runs, the first Version(), Dump or Restore tells.
 Result<std::unique_ptr<Checkpointer>> CreateCriuCheckpointer(const std::string& criu_path);
 
 }  // namespace cryo
