@@ -25,6 +25,7 @@
 #include "cryo/image_streamer.h"
 #include "cryo/log.h"
 #include "cryo/process.h"
+#include "tcp_sockets.h"
 
 namespace cryo {
 namespace {
@@ -106,6 +107,14 @@ void SplitFreezeFromDump(PhaseTimes& phases, const std::string& work_dir,
   }
   phases["freeze"] = freeze_ms;
   phases["dump"] = std::max<int64_t>(0, phases["dump"] - freeze_ms);
+}
+
+// Whether the checkpoint was dumped with CRIU's tcp_established (and its
+// network lock), which the restore must repeat. Checkpoints from before
+// cryod chose (see tcp_sockets.h) all were.
+bool DumpedWithTcp(const Manifest& m) {
+  auto it = m.criu_options.find("tcp_established");
+  return it == m.criu_options.end() || it->second != "false";
 }
 
 void Describe(Manifest& m) {
@@ -205,7 +214,6 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   m.cwd = job->cwd;
   m.stdout_key = job->stdout_key;
   m.stderr_key = job->stderr_key;
-  m.criu_options = {{"tcp_established", "true"}, {"network_lock", "nftables"}};
   m.on_sigterm = std::string(OnSigtermName(job->on_sigterm));
   if (auto parent = store_->Get(LatestRefKey(m.job))) m.parent = *parent;
   Describe(m);
@@ -254,13 +262,27 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
     return stored;
   };
   // cryod freezes the job itself, at a moment CRIU can seize every task.
+  // With its TCP sockets, if it has any, kept in CRIU's way (see
+  // tcp_sockets.h); the manifest tells the restore which way it was.
   auto dump_frozen = [&](const auto& frozen) -> Status {
     if (!frozen) return std::unexpected(frozen.error().WithContext("freeze the job"));
+    bool tcp = true;
+    if (auto pids = CgroupPids(job->cgroup)) {
+      auto holds = HoldsTcpSockets(*pids);
+      if (!holds) {
+        LogWarn("cannot tell whether the job has TCP sockets; dumping as if it had",
+                {{"job", job->name}, {"error", holds.error().ToString()}});
+      }
+      tcp = holds.value_or(true);
+    }
+    m.criu_options = {{"tcp_established", tcp ? "true" : "false"}};
+    if (tcp) m.criu_options["network_lock"] = "nftables";
     return (*criu)->Dump({.pid = job->init_pid,
                           .images_dir = work->images(),
                           .work_dir = work->path(),
                           .freeze_cgroup = job->cgroup,
                           .leave_running = !stop,
+                          .tcp_established = tcp,
                           .external = external},
                          commit);
   };
@@ -476,8 +498,9 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
   job.last_checkpoint = m->id;
   job.on_sigterm = ParseOnSigterm(m->on_sigterm).value_or(OnSigterm::kCheckpoint);
   std::vector<std::string> monitor_args{
-      "--restore",   work->images(), "--criu",      options_.criu_path, "--stdout-key",
-      m->stdout_key, "--stderr-key", m->stderr_key, "--stream",         stream ? "1" : "0"};
+      "--restore",    work->images(),     "--criu",       options_.criu_path,
+      "--stdout-key", m->stdout_key,      "--stderr-key", m->stderr_key,
+      "--stream",     stream ? "1" : "0", "--tcp",        DumpedWithTcp(*m) ? "1" : "0"};
   // The shim's API sockets: a fresh connected pair for each, the program's
   // end put in place of the dumped one (inherit-fd), ours kept.
   std::vector<std::pair<UniqueFd, uint64_t>> ours;

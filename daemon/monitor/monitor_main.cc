@@ -10,13 +10,15 @@
 // drains the pipes, writes JOB_DIR/exit.json, removes the job's cgroup and
 // exits.
 //
-//   cryo-monitor JOB_DIR --restore IMAGES_DIR --criu CRIU [--stream 1] [--stdout-key K]
-//   [--stderr-key K]
+//   cryo-monitor JOB_DIR --restore IMAGES_DIR --criu CRIU [--stream 1] [--tcp 0]
+//   [--stdout-key K] [--stderr-key K]
 //
 // brings a checkpointed job back instead: CRIU restores the tree as this
 // process's child (rst_sibling) into the job's cgroup, with fresh pipes in
 // place of the dumped stdout/stderr pipes (inherit-fd keys K), and of the
-// shim's API sockets (--inherit KEY=FD, an fd cryod passed).
+// shim's API sockets (--inherit KEY=FD, an fd cryod passed). --tcp 0: the
+// job was dumped without CRIU's tcp_established and network lock (it had no
+// TCP socket), and is restored so.
 //
 //   --env KEY=VALUE   (fresh start) adds to the program's environment: the
 //                     LD_PRELOAD shim and its settings
@@ -151,6 +153,7 @@ struct Mode {
   std::string job_dir;
   std::string restore_images;  // empty: start the program fresh
   bool stream = false;         // cryod serves the images there (image streamer)
+  bool tcp = true;             // as dumped: with tcp_established and a network lock
   std::string criu;
   std::string stdout_key, stderr_key;
   // More inherit-fd replacements for a restore (the shim's API sockets):
@@ -195,6 +198,7 @@ pid_t StartJob(const Mode& mode, const JobRecord& job, const std::string& init_p
     auto pid = (*criu)->Restore({.images_dir = mode.restore_images,
                                  .inherit_fds = inherit,
                                  .cgroup_procs = job.cgroup + "/cgroup.procs",
+                                 .tcp_established = mode.tcp,
                                  .stream = mode.stream});
     // The shim's sockets now live in the restored program; without our
     // copies, cryod sees the program's close as an end of file.
@@ -358,6 +362,8 @@ int main(int argc, char** argv) {
       mode.criu = argv[i + 1];
     } else if (flag == "--stream") {
       mode.stream = std::string_view(argv[i + 1]) == "1";
+    } else if (flag == "--tcp") {
+      mode.tcp = std::string_view(argv[i + 1]) != "0";
     } else if (flag == "--stdout-key") {
       mode.stdout_key = argv[i + 1];
     } else if (flag == "--stderr-key") {

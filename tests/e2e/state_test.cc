@@ -17,6 +17,8 @@
 #include <regex>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "cryo/unique_fd.h"
 #include "harness.h"
 
@@ -344,6 +346,52 @@ TEST(State, TcpConnectionFromOutsideSurvivesCheckpointOfARunningServer) {
   ASSERT_TRUE(second.connected()) << std::strerror(errno);
   client.Close();
   EXPECT_EQ(second.Request(1), Answer(1, 1)) << Logs(d, "tcp");
+}
+
+// The CRIU options a checkpoint of `job` recorded in its manifest: the
+// latest one, read from the store's files.
+nlohmann::json CriuOptionsOfLatest(const Cryod& d, const std::string& job) {
+  std::string store = d.state_dir() + "/store";
+  std::string id = ReadFileContents(store + "/refs/" + job + "/latest");
+  std::ifstream in(store + "/manifests/" + id);
+  std::string header;
+  std::getline(in, header);
+  std::stringstream body;
+  body << in.rdbuf();
+  auto m = nlohmann::json::parse(body.str(), nullptr, false);
+  return m.is_object() ? m["criu_options"] : nlohmann::json(nullptr);
+}
+
+// cryod dumps a job with CRIU's tcp_established and network lock only when
+// it holds a TCP socket (the lock costs most of a small job's dump). It
+// looks again at every checkpoint: a job dumped without any, restored, that
+// then opens a connection keeps it through the next checkpoint.
+TEST(State, TcpSocketsOpenedAfterARestoreAreKeptByTheNextCheckpoint) {
+  Cryod d;
+  std::string go = d.state_dir() + "/go";
+  ASSERT_NO_FATAL_FAILURE(
+      RunDetached(d, "late",
+                  {"/bin/sh", "-c",
+                   "echo waiting; while [ ! -e " + go + " ]; do sleep 0.05; done; exec " +
+                       TestProgram("tcp_server") + " 0"}));
+  ASSERT_TRUE(WaitForOutput(d, "late", "waiting")) << Logs(d, "late");
+  ASSERT_NO_FATAL_FAILURE(Checkpoint(d, "late", /*stop=*/true));
+  EXPECT_EQ(CriuOptionsOfLatest(d, "late"), nlohmann::json({{"tcp_established", "false"}}));
+  ASSERT_NO_FATAL_FAILURE(RestoreDetached(d, "late"));
+
+  std::ofstream(go).put('x');
+  ASSERT_TRUE(WaitForOutput(d, "late", "listening ")) << Logs(d, "late") << d.DaemonLog();
+  int port = static_cast<int>(Numbers(Logs(d, "late"), "listening").front());
+  Client client(port);
+  ASSERT_TRUE(client.connected()) << std::strerror(errno);
+  for (long k = 1; k <= 3; ++k) ASSERT_EQ(client.Request(k), Answer(k, k));
+  ASSERT_NO_FATAL_FAILURE(Checkpoint(d, "late", /*stop=*/true));
+  EXPECT_EQ(CriuOptionsOfLatest(d, "late"),
+            nlohmann::json({{"tcp_established", "true"}, {"network_lock", "nftables"}}));
+  ASSERT_NO_FATAL_FAILURE(RestoreDetached(d, "late"));
+  for (long k = 4; k <= 6; ++k) {
+    ASSERT_EQ(client.Request(k), Answer(k, k)) << Logs(d, "late") << d.DaemonLog();
+  }
 }
 
 }  // namespace
