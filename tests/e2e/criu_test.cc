@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The CRIU that tools/setup.sh built works on this machine.
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 
