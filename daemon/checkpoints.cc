@@ -69,6 +69,13 @@ constexpr std::chrono::seconds kFreezeTimeout{10};
 constexpr int kDumpAttempts = 4;
 constexpr std::chrono::seconds kStaleProcDirAge{30};
 
+// How long gc waits for other cryods sharing the store to end the
+// checkpoints, restores and verifies under way (their Store guards), and
+// how long a start after an unclean stop waits before it leaves torn chunks
+// unchecked (it takes no requests meanwhile).
+constexpr std::chrono::milliseconds kCollectWait{30'000};
+constexpr std::chrono::milliseconds kStartCollectWait{5'000};
+
 // Whether a failed dump ran out of space (CRIU's log, which the error
 // carries, says so with strerror(ENOSPC)).
 bool IsNoSpace(const Error& error) {
@@ -182,6 +189,10 @@ Status CheckpointService::Publish(Manifest& m, const std::string& images_dir,
 Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string_view name,
                                                bool stop, ProgressMeter* progress) {
   std::shared_lock store_lock(store_mu_);
+  // Before anything is frozen: waits while another cryod sharing the store
+  // removes chunks, which this checkpoint may find there and reuse.
+  auto guard = store_->Guard(Store::GuardMode::kUse);
+  if (!guard) return std::unexpected(guard.error().WithContext("checkpoint " + std::string(name)));
   auto job = supervisor_.BeginCheckpoint(caller, name, stop);
   if (!job) return std::unexpected(job.error());
   std::string published;
@@ -441,6 +452,8 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
                                                                std::string_view name,
                                                                ProgressMeter* progress) {
   std::shared_lock store_lock(store_mu_);
+  auto guard = store_->Guard(Store::GuardMode::kUse);
+  if (!guard) return std::unexpected(guard.error().WithContext("restore " + std::string(ref)));
   auto m = Resolve(caller, ref);
   if (!m) return std::unexpected(m.error().WithContext("restore " + std::string(ref)));
   std::string context = "restore " + m->id;
@@ -601,6 +614,8 @@ std::string CheckpointService::LatestOf(std::string_view job) {
 
 Result<Manifest> CheckpointService::Verify(const Caller& caller, std::string_view ref) {
   std::shared_lock store_lock(store_mu_);
+  auto guard = store_->Guard(Store::GuardMode::kUse);
+  if (!guard) return std::unexpected(guard.error().WithContext("verify " + std::string(ref)));
   auto m = Resolve(caller, ref);
   if (!m) return std::unexpected(m.error());
   if (auto s = VerifyImages(m->files, m->chunk_hash, *store_, key_); !s) {
@@ -635,9 +650,14 @@ Result<CheckpointService::Referenced> CheckpointService::ReferencedChunks(bool s
     auto data = store_->Get(key);
     auto m = data ? DecodeManifest(*data, key_) : std::unexpected(data.error());
     if (!m) {
-      if (!strict) continue;
-      return Fail(ErrorKind::kCorrupt, key + " in " + store_->url() + " cannot be read (" +
-                                           m.error().ToString() + "); remove or repair it first");
+      if (!strict) {
+        ++out.unreadable;
+        continue;
+      }
+      return Fail(ErrorKind::kCorrupt,
+                  key + " in " + store_->url() + " cannot be read (" + m.error().ToString() +
+                      "); its chunks would look unreferenced. Remove or repair it first (or, if "
+                      "another cryod shares the store with its own key, give both one key)");
     }
     ++out.manifests;
     for (const auto& f : m->files) {
@@ -649,9 +669,20 @@ Result<CheckpointService::Referenced> CheckpointService::ReferencedChunks(bool s
 
 Result<uint64_t> CheckpointService::RemoveTornChunks() {
   std::unique_lock store_lock(store_mu_);
-  // An unreadable manifest's chunks get checked as unreferenced: safe.
+  auto guard = store_->Guard(Store::GuardMode::kCollect, kStartCollectWait);
+  if (!guard) return std::unexpected(guard.error());
   auto referenced = ReferencedChunks(/*strict=*/false);
   if (!referenced) return std::unexpected(referenced.error());
+  // A manifest this cryod cannot read may be another cryod's, made with
+  // another key, whose chunks all fail our check: leave every chunk alone.
+  if (referenced->unreadable > 0) {
+    return Fail(ErrorKind::kFailedPrecondition,
+                std::to_string(referenced->unreadable) + " manifest(s) in " + store_->url() +
+                    " cannot be read with this cryod's key (another cryod sharing the store "
+                    "with its own key?); unreferenced chunks were left as they are. Cryods "
+                    "sharing a store should share its key (" +
+                    "also needed to restore each other's checkpoints)");
+  }
   auto chunks = store_->List("chunks/");
   if (!chunks) return std::unexpected(chunks.error());
   uint64_t removed = 0;
@@ -684,6 +715,10 @@ Result<CheckpointService::GcStats> CheckpointService::CollectGarbage(const Calle
     return Fail(ErrorKind::kPermissionDenied, "gc sweeps every user's checkpoints; run it as root");
   }
   std::unique_lock store_lock(store_mu_);
+  auto guard = store_->Guard(Store::GuardMode::kCollect, kCollectWait);
+  if (!guard) {
+    return std::unexpected(guard.error().WithContext("gc (nothing removed; run it again later)"));
+  }
   // Refuses if a manifest cannot be read: its chunks would look unreferenced.
   auto referenced = ReferencedChunks(/*strict=*/true);
   if (!referenced) return std::unexpected(referenced.error().WithContext("gc"));

@@ -86,7 +86,10 @@ class CheckpointService {
     uint64_t chunks_removed = 0;
   };
   // Removes every chunk no manifest references (root only). Refuses to run
-  // if a manifest cannot be read: its chunks would look unreferenced.
+  // if a manifest cannot be read: its chunks would look unreferenced. Waits
+  // (up to 30 s, then fails) while other processes sharing the store use it
+  // (Store::Guard): their checkpoints may rely on chunks no manifest names
+  // yet.
   Result<GcStats> CollectGarbage(const Caller& caller);
 
   // For an orderly stop: if nothing uses the store now, takes it for good
@@ -99,7 +102,10 @@ class CheckpointService {
   // the last sync and may be torn, and a new checkpoint would reuse them as
   // they are. Re-reads each of them and removes those that are not intact
   // (intact ones may belong to another cryod's checkpoint in progress).
-  // Returns how many it removed.
+  // Returns how many it removed. Removes nothing, and says why, when another
+  // process uses the store (Store::Guard) for more than a few seconds, or
+  // when a manifest cannot be read with our key: then the chunks failing
+  // our check may be another cryod's, named with its own key.
   Result<uint64_t> RemoveTornChunks();
 
   // The id `job`'s latest reference names ("" if none or unreadable).
@@ -118,6 +124,7 @@ class CheckpointService {
   struct Referenced {
     std::set<std::string> chunk_keys;  // ChunkKey()s the manifests name
     uint64_t manifests = 0;            // readable manifests
+    uint64_t unreadable = 0;           // manifests skipped (not `strict`)
   };
   // What the store's manifests reference; with `strict`, an unreadable
   // manifest is an error, else it is skipped. Caller holds store_mu_.

@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -889,6 +890,49 @@ TEST(Checkpoint, GarbageCollectionReclaimsOnlyUnreferencedChunks) {
   EXPECT_EQ(d.Cryo({"verify", a["id"]}).exit_code, 0);
   RestoreDetached(d, a["id"], "g-copy");
   EXPECT_TRUE(WaitForMore(d, "g-copy", "count", 3));
+}
+
+TEST(Checkpoint, CryodsSharingAStoreNeverRemoveEachOthersChunks) {
+  Cryod a;
+  // b shares a's store with a key of its own (each state directory has one).
+  Cryod b({"--store", "file://" + StoreDir(a)});
+  ASSERT_EQ(a.Cryo({"run", "-d", "--name", "s", "--", TestProgram("counter")}).exit_code, 0);
+  ASSERT_TRUE(WaitForMore(a, "s", "count", 3));
+  auto first = CheckpointJson(a, "s");
+  ASSERT_FALSE(first.is_null());
+  std::set<std::string> chunks = ChunksOf(a, first["id"]);
+  auto all_there = [&] {
+    for (const auto& h : chunks) {
+      if (!std::filesystem::exists(ChunkPath(a, h))) return false;
+    }
+    return true;
+  };
+  // To b, a's manifest is unreadable and a's chunks fail every check.
+  auto gc = b.Cryo({"gc"});
+  EXPECT_NE(gc.exit_code, 0) << gc.out;
+  EXPECT_NE(gc.err.find("key"), std::string::npos) << gc.err;
+  EXPECT_TRUE(all_there()) << "gc of another cryod removed chunks";
+  // An unclean stop makes b look for torn chunks when it starts again.
+  b.Kill9();
+  b.Start();
+  EXPECT_NE(b.DaemonLog().find("left as they are"), std::string::npos) << b.DaemonLog();
+  EXPECT_TRUE(all_there()) << "another cryod took our chunks for torn ones";
+  auto v = a.Cryo({"verify", first["id"]});
+  EXPECT_EQ(v.exit_code, 0) << v.err;
+
+  // gc waits for a checkpoint, restore or verify of another process (here
+  // the test, holding what such a cryod holds) before it removes anything.
+  ASSERT_EQ(a.Cryo({"rm-checkpoint", first["id"]}).exit_code, 0);
+  int fd = ::open((StoreDir(a) + "/.guard").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_SH), 0);
+  BackgroundCommand collecting(a.CryoArgv({"gc"}), a.WithSocket({}));
+  std::this_thread::sleep_for(seconds(2));
+  EXPECT_TRUE(all_there()) << "gc removed chunks while the store was in use";
+  ::close(fd);
+  auto done = collecting.Finish(seconds(30));
+  EXPECT_EQ(done.exit_code, 0) << done.err;
+  EXPECT_FALSE(all_there()) << "gc removed nothing once the store was free";
 }
 
 }  // namespace

@@ -62,6 +62,24 @@ Status MemoryStore::Flush() {
   return {};
 }
 
+Result<std::unique_ptr<StoreGuard>> MemoryStore::Guard(GuardMode mode,
+                                                       std::chrono::milliseconds wait) {
+  struct Held final : StoreGuard {
+    std::shared_timed_mutex& mu;
+    bool exclusive;
+    Held(std::shared_timed_mutex& m, bool e) : mu(m), exclusive(e) {}
+    ~Held() override { exclusive ? mu.unlock() : mu.unlock_shared(); }
+  };
+  if (mode == GuardMode::kUse) {
+    guard_mu_.lock_shared();
+    return std::make_unique<Held>(guard_mu_, false);
+  }
+  if (!guard_mu_.try_lock_for(wait)) {
+    return Fail(ErrorKind::kUnavailable, url_ + " is in use");
+  }
+  return std::make_unique<Held>(guard_mu_, true);
+}
+
 size_t MemoryStore::put_calls() const {
   std::lock_guard lock(mu_);
   return put_calls_;

@@ -9,6 +9,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -31,6 +32,8 @@ class MemoryStore final : public Store {
   Status CompareAndSwap(std::string_view key, const std::optional<std::string>& expected,
                         std::string_view data) override;
   Status Flush() override;
+  Result<std::unique_ptr<StoreGuard>> Guard(GuardMode mode,
+                                            std::chrono::milliseconds wait) override;
 
   // Calls made so far (whether or not they wrote).
   size_t put_calls() const;
@@ -42,6 +45,7 @@ class MemoryStore final : public Store {
  private:
   const std::string url_;
   mutable std::mutex mu_;
+  std::shared_timed_mutex guard_mu_;  // the guards: kUse shared, kCollect exclusive
   std::map<std::string, std::string, std::less<>> objects_;
   size_t put_calls_ = 0;
   size_t put_if_absent_calls_ = 0;

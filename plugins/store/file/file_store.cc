@@ -14,6 +14,7 @@
 #include <optional>
 #include <random>
 #include <span>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -28,6 +29,7 @@ constexpr std::string_view kUrlScheme = "file://";
 // collide with objects and List skips them by that one rule.
 constexpr std::string_view kTempPrefix = ".tmp-";
 constexpr std::string_view kLockName = ".lock";
+constexpr std::string_view kGuardName = ".guard";
 
 struct DirCloser {
   void operator()(DIR* dir) const { ::closedir(dir); }
@@ -312,6 +314,38 @@ class FileStore final : public Store {
     }
     if (auto s = SyncDir(ParentDir(path)); !s) return std::unexpected(s.error().WithContext(doing));
     return {};
+  }
+
+  // flock() on root/.guard, opened anew for each guard: shared for kUse,
+  // exclusive for kCollect. flock() excludes other open file descriptions,
+  // so guards of one process exclude each other as those of two do (on
+  // NFS, Linux takes it as a lock of the whole file on the server).
+  Result<std::unique_ptr<StoreGuard>> Guard(GuardMode mode,
+                                            std::chrono::milliseconds wait) override {
+    struct Held final : StoreGuard {
+      explicit Held(UniqueFd f) : fd(std::move(f)) {}
+      UniqueFd fd;  // closing it unlocks
+    };
+    std::string path = root_ + "/" + std::string(kGuardName);
+    auto fd = OpenFile(path, O_RDWR | O_CREAT, 0600);
+    if (!fd) return std::unexpected(fd.error());
+    if (mode == GuardMode::kUse) {
+      while (::flock(fd->get(), LOCK_SH) != 0) {
+        if (errno != EINTR) return SysFail("lock " + path);
+      }
+      return std::make_unique<Held>(std::move(*fd));
+    }
+    auto deadline = std::chrono::steady_clock::now() + wait;
+    while (::flock(fd->get(), LOCK_EX | LOCK_NB) != 0) {
+      if (errno != EWOULDBLOCK && errno != EINTR) return SysFail("lock " + path);
+      if (std::chrono::steady_clock::now() >= deadline) {
+        return Fail(ErrorKind::kUnavailable,
+                    url_ + " is in use by another process (a checkpoint, restore or verify " +
+                        "of a cryod sharing it)");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return std::make_unique<Held>(std::move(*fd));
   }
 
   Status Flush() override {

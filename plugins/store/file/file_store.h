@@ -6,7 +6,8 @@
 // Keys are relative '/'-separated paths: not empty, not absolute, no "..",
 // no "//", no NUL, no trailing '/', and no component starting with '.'
 // (names starting with '.' belong to the store itself: ".tmp-*" files being
-// written and the ".lock" file). Other keys fail with kInvalidArgument.
+// written, the ".lock" file and the ".guard" file). Other keys fail with
+// kInvalidArgument.
 //
 // Beyond the Store contract:
 // - Put and PutIfAbsent write a temp file and rename it into place, without
@@ -18,6 +19,8 @@
 //   root/.lock and publishes with fsync of the file and its directory).
 //   Put and Delete on a key that is also changed by CompareAndSwap are not
 //   serialised with it: references are only changed by CompareAndSwap.
+// - Guard() is an flock() on root/.guard: shared for kUse, exclusive for
+//   kCollect, across threads, processes and (over NFS) hosts.
 // - Directories left empty by Delete stay; List skips them.
 #pragma once
 

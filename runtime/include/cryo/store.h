@@ -12,6 +12,7 @@
 // Thread-safety: every method may be called from several threads at once.
 #pragma once
 
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -23,6 +24,12 @@
 #include "cryo/error.h"
 
 namespace cryo {
+
+// Held for as long as it lives: see Store::Guard.
+class StoreGuard {
+ public:
+  virtual ~StoreGuard() = default;
+};
 
 class Store {
  public:
@@ -60,6 +67,18 @@ class Store {
                                 std::string_view data) = 0;
   // Makes everything written so far durable.
   virtual Status Flush() = 0;
+
+  // Guards the chunks against removal by any process sharing the store
+  // (cryods on this machine, or on others over NFS), for as long as the
+  // returned guard lives. kUse: for whoever relies on chunks being there (a
+  // checkpoint, which reuses chunks already stored, until its manifest is
+  // published; a restore; a verify); waits while a kCollect is held.
+  // kCollect: for whoever removes chunks no manifest names (gc, the removal
+  // of torn chunks); excludes every kUse, waits up to `wait` for them to
+  // end, then fails with kUnavailable.
+  enum class GuardMode { kUse, kCollect };
+  virtual Result<std::unique_ptr<StoreGuard>> Guard(
+      GuardMode mode, std::chrono::milliseconds wait = std::chrono::milliseconds(0)) = 0;
 };
 
 }  // namespace cryo

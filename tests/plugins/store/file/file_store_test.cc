@@ -383,6 +383,67 @@ TEST_F(FileStoreTest, CompareAndSwapIsAtomicAcrossProcesses) {
   EXPECT_EQ(GetOrDie("refs/counter/latest"), std::to_string(kProcesses * kIncrements));
 }
 
+TEST_F(FileStoreTest, GuardsLetUsersShareAndKeepCollectionApart) {
+  using std::chrono::milliseconds;
+  auto use1 = store_->Guard(Store::GuardMode::kUse);
+  ASSERT_TRUE(use1.has_value()) << use1.error().ToString();
+  auto use2 = store_->Guard(Store::GuardMode::kUse);
+  ASSERT_TRUE(use2.has_value()) << "two users at once";
+  auto collect = store_->Guard(Store::GuardMode::kCollect, milliseconds(100));
+  ASSERT_FALSE(collect.has_value()) << "collected while chunks were in use";
+  EXPECT_EQ(collect.error().kind(), ErrorKind::kUnavailable);
+  EXPECT_NE(collect.error().message().find("in use"), std::string::npos)
+      << collect.error().message();
+  use1->reset();
+  use2->reset();
+  collect = store_->Guard(Store::GuardMode::kCollect);
+  ASSERT_TRUE(collect.has_value()) << collect.error().ToString();
+  // A user waits for the collection to end.
+  std::atomic<bool> used{false};
+  std::thread user([&] {
+    auto g = store_->Guard(Store::GuardMode::kUse);
+    used = g.has_value();
+  });
+  std::this_thread::sleep_for(milliseconds(200));
+  EXPECT_FALSE(used) << "used the store during a collection";
+  collect->reset();
+  user.join();
+  EXPECT_TRUE(used);
+  auto keys = store_->List("");
+  ASSERT_TRUE(keys.has_value());
+  EXPECT_TRUE(keys->empty()) << "the guard's file is not an object";
+}
+
+TEST_F(FileStoreTest, AnotherProcessUsingTheStoreHoldsCollectionOff) {
+  int ready[2], release[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(release), 0);
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    // Another cryod: its own store object, a checkpoint under way.
+    auto store = CreateFileStore({root_});
+    auto guard = store ? (*store)->Guard(Store::GuardMode::kUse)
+                       : Result<std::unique_ptr<StoreGuard>>(std::unexpected(store.error()));
+    char c = guard ? 'y' : 'n';
+    (void)!::write(ready[1], &c, 1);
+    (void)!::read(release[0], &c, 1);
+    ::_exit(0);
+  }
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  EXPECT_EQ(c, 'y');
+  auto collect = store_->Guard(Store::GuardMode::kCollect, std::chrono::milliseconds(200));
+  EXPECT_FALSE(collect.has_value()) << "collected while another process used the store";
+  // The other process ends (a crash would do as well: the lock goes with it).
+  ASSERT_EQ(::write(release[1], "x", 1), 1);
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  collect = store_->Guard(Store::GuardMode::kCollect, std::chrono::seconds(5));
+  EXPECT_TRUE(collect.has_value()) << collect.error().ToString();
+  for (int fd : {ready[0], ready[1], release[0], release[1]}) ::close(fd);
+}
+
 TEST_F(FileStoreTest, FilesArePrivateWhateverTheUmask) {
   mode_t old = ::umask(0);
   ASSERT_TRUE(store_->Put("chunks/ab/ab01", "x").has_value());
