@@ -59,7 +59,9 @@ settle() { for _ in $(seq 600); do "$@" | grep -q ready && break; sleep 0.05; do
 # Without the pause, whichever side restores sooner after its dump wins.
 before_restore() { sleep "${RESTORE_PAUSE:-5}"; }
 
-# Raw CRIU: the program as a session leader, dumped and restored by hand.
+# Raw CRIU: the program as a session leader, dumped and restored by hand,
+# the way cryo dumps this program: it holds no TCP socket, so neither side
+# asks for tcp-established and CRIU's network lock (cryo looks, see README).
 raw_rep() {
   local mib=$1 t pid
   rm -rf "$work/raw" && mkdir -p "$work/raw"
@@ -68,15 +70,14 @@ raw_rep() {
   pids+=("$pid")
   settle cat "$work/raw.out"
   t=$(now)
-  "$criu" dump -t "$pid" -D "$work/raw" -o dump.log --tcp-established --network-lock nftables ||
+  "$criu" dump -t "$pid" -D "$work/raw" -o dump.log ||
     { grep Error "$work/raw/dump.log" | grep -v RLIMIT >&2; exit 1; }
   sync -f "$work/raw"
   raw_dump+=("$(elapsed "$t")")
   wait "$pid" 2>/dev/null || true
   before_restore
   t=$(now)
-  "$criu" restore -D "$work/raw" -o restore.log --restore-detached --tcp-established \
-    --network-lock nftables --pidfile "$work/raw.pid" ||
+  "$criu" restore -D "$work/raw" -o restore.log --restore-detached --pidfile "$work/raw.pid" ||
     { grep Error "$work/raw/restore.log" | grep -v RLIMIT >&2; exit 1; }
   raw_restore+=("$(elapsed "$t")")
   kill -9 "$(cat "$work/raw.pid")" 2>/dev/null || true
