@@ -680,8 +680,8 @@ Result<uint64_t> CheckpointService::RemoveTornChunks() {
                 std::to_string(referenced->unreadable) + " manifest(s) in " + store_->url() +
                     " cannot be read with this cryod's key (another cryod sharing the store "
                     "with its own key?); unreferenced chunks were left as they are. Cryods "
-                    "sharing a store should share its key (" +
-                    "also needed to restore each other's checkpoints)");
+                    "sharing a store should share its key (also needed to restore each "
+                    "other's checkpoints)");
   }
   auto chunks = store_->List("chunks/");
   if (!chunks) return std::unexpected(chunks.error());

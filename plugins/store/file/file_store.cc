@@ -316,28 +316,24 @@ class FileStore final : public Store {
     return {};
   }
 
-  // flock() on root/.guard, opened anew for each guard: shared for kUse,
-  // exclusive for kCollect. flock() excludes other open file descriptions,
-  // so guards of one process exclude each other as those of two do (on
-  // NFS, Linux takes it as a lock of the whole file on the server).
+  // flock() on root/.guard (see Flock): shared for kUse, exclusive for
+  // kCollect, so guards of one process exclude each other as those of two
+  // do (on NFS, Linux takes it as a lock of the whole file on the server).
   Result<std::unique_ptr<StoreGuard>> Guard(GuardMode mode,
                                             std::chrono::milliseconds wait) override {
     struct Held final : StoreGuard {
       explicit Held(UniqueFd f) : fd(std::move(f)) {}
       UniqueFd fd;  // closing it unlocks
     };
-    std::string path = root_ + "/" + std::string(kGuardName);
-    auto fd = OpenFile(path, O_RDWR | O_CREAT, 0600);
-    if (!fd) return std::unexpected(fd.error());
     if (mode == GuardMode::kUse) {
-      while (::flock(fd->get(), LOCK_SH) != 0) {
-        if (errno != EINTR) return SysFail("lock " + path);
-      }
+      auto fd = Flock(kGuardName, LOCK_SH);
+      if (!fd) return std::unexpected(fd.error());
       return std::make_unique<Held>(std::move(*fd));
     }
-    auto deadline = std::chrono::steady_clock::now() + wait;
-    while (::flock(fd->get(), LOCK_EX | LOCK_NB) != 0) {
-      if (errno != EWOULDBLOCK && errno != EINTR) return SysFail("lock " + path);
+    for (auto deadline = std::chrono::steady_clock::now() + wait;;) {
+      auto fd = Flock(kGuardName, LOCK_EX | LOCK_NB);
+      if (fd) return std::make_unique<Held>(std::move(*fd));
+      if (fd.error().sys_errno() != EWOULDBLOCK) return std::unexpected(fd.error());
       if (std::chrono::steady_clock::now() >= deadline) {
         return Fail(ErrorKind::kUnavailable,
                     url_ + " is in use by another process (a checkpoint, restore or verify " +
@@ -345,7 +341,6 @@ class FileStore final : public Store {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    return std::make_unique<Held>(std::move(*fd));
   }
 
   Status Flush() override {
@@ -380,15 +375,19 @@ class FileStore final : public Store {
     return S_ISREG(st.st_mode);
   }
 
-  // Holds the store-wide lock until the returned fd is closed. Each call
-  // opens the lock file anew: flock() excludes other open file
-  // descriptions, so this one mechanism serialises the threads of this
-  // process as well as other processes (and other hosts over NFS).
-  Result<UniqueFd> LockStore() const {
-    std::string path = root_ + "/" + std::string(kLockName);
+  // Holds the store-wide lock until the returned fd is closed.
+  Result<UniqueFd> LockStore() const { return Flock(kLockName, LOCK_EX); }
+
+  // Opens the store's own file `name` anew and flock()s it with `op`
+  // (waiting unless LOCK_NB), until the returned fd is closed. flock()
+  // excludes other open file descriptions, so this one mechanism serialises
+  // the threads of this process as well as other processes (and other
+  // hosts over NFS). With LOCK_NB, fails with EWOULDBLOCK as its errno.
+  Result<UniqueFd> Flock(std::string_view name, int op) const {
+    std::string path = root_ + "/" + std::string(name);
     auto fd = OpenFile(path, O_RDWR | O_CREAT, 0600);
     if (!fd) return std::unexpected(fd.error());
-    while (::flock(fd->get(), LOCK_EX) != 0) {
+    while (::flock(fd->get(), op) != 0) {
       if (errno != EINTR) return SysFail("lock " + path);
     }
     return fd;
