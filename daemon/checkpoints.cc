@@ -23,6 +23,7 @@
 #include "cryo/checkpointer.h"
 #include "cryo/file_util.h"
 #include "cryo/image_streamer.h"
+#include "cryo/lazy_pages.h"
 #include "cryo/log.h"
 #include "cryo/process.h"
 #include "tcp_sockets.h"
@@ -92,6 +93,36 @@ uint64_t RandomBelow(uint64_t bound) {
 std::string PhaseMs(const PhaseTimes& phases, const std::string& phase) {
   auto it = phases.find(phase);
   return it == phases.end() ? "" : std::to_string(it->second);
+}
+
+// The pagemaps of a checkpoint's tasks with their pages images, for a
+// lazy restore (each pagemap read from the store and verified).
+Result<LazyTasks> LoadLazyTasks(const Manifest& m, Store& store, const Key& key) {
+  LazyTasks tasks;
+  ChunkReader reader(store, key, m.chunk_hash);
+  for (const auto& file : m.files) {
+    auto id = PagemapImageId(file.name);
+    if (!id) continue;
+    std::string image;
+    for (size_t i = 0; i < file.chunks.size(); ++i) {
+      auto plain = reader.Read(file, i);
+      if (!plain) return std::unexpected(plain.error());
+      image.append(*plain);
+    }
+    auto pagemap = ParsePagemap(image);
+    if (!pagemap) return std::unexpected(pagemap.error().WithContext("image " + file.name));
+    uint64_t present = 0;
+    for (const auto& run : pagemap->runs) present += run.present() ? run.bytes() : 0;
+    if (present == 0) continue;
+    std::string name = PagesImageName(pagemap->pages_id);
+    auto pages = std::find_if(m.files.begin(), m.files.end(),
+                              [&](const ImageFile& f) { return f.name == name; });
+    if (pages == m.files.end() || pages->size < present) {
+      return Fail(ErrorKind::kCorrupt, "image " + file.name + ": its pages are not all in " + name);
+    }
+    tasks[*id] = {std::move(*pagemap), &*pages};
+  }
+  return tasks;
 }
 
 void BeginPhase(ProgressMeter* progress, std::string phase, uint64_t total_bytes = 0,
@@ -460,12 +491,27 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
   auto begin = Clock::now();
   auto start = begin;
   PhaseTimes phases;
-  // CRIU reads the images from a stream we feed from the store, each chunk
-  // verified first: nothing is staged, and restoring overlaps fetching. The
-  // work directory holds only the socket and CRIU's log.
+  auto verify_hint = " (run 'cryo verify " + m->id + "' for details)";
+  // Memory through userfaultfd when there is enough of it: everything but the
+  // lazy pages is staged, and cryod serves those to criu lazy-pages.
+  LazyTasks lazy_tasks;
+  uint64_t lazy_bytes = 0;
+  if (options_.lazy_restore_min_bytes) {
+    auto tasks = LoadLazyTasks(*m, *store_, key_);
+    if (!tasks) return std::unexpected(tasks.error().WithContext(context + verify_hint));
+    lazy_bytes = LazyBytes(*tasks);
+    if (lazy_bytes > 0 && lazy_bytes >= *options_.lazy_restore_min_bytes) {
+      lazy_tasks = std::move(*tasks);
+    } else {
+      lazy_bytes = 0;
+    }
+  }
+  // Otherwise CRIU reads the images from a stream we feed from the store,
+  // each chunk verified first: nothing is staged, and restoring overlaps
+  // fetching. The work directory holds only the socket and CRIU's log.
   auto work = scratch_->Allocate(NewJobId(), kStreamScratchBytes);
   if (!work) return std::unexpected(work.error().WithContext(context));
-  BeginPhase(progress, "fetch", m->image_bytes);
+  BeginPhase(progress, "fetch", m->image_bytes - lazy_bytes);
   // Progress: "fetch" while chunks go to CRIU (which restores meanwhile),
   // "restore" once the last one went. Declared before the server, which
   // calls it from its threads until it is destroyed.
@@ -480,8 +526,41 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
     };
   }
   std::unique_ptr<ImageStreamServer> stream;
-  if (auto server = ImageStreamServer::Listen(work->images(), m->files, m->chunk_hash, *store_,
-                                              key_, on_fed)) {
+  std::unique_ptr<LazyPageServer> pages;
+  UniqueFd pages_theirs;
+  if (lazy_bytes > 0) {
+    work = scratch_->Allocate(NewJobId(), m->image_bytes - lazy_bytes, m->image_bytes);
+    if (!work) return std::unexpected(work.error().WithContext(context));
+    std::map<size_t, std::vector<bool>> lazy_only;  // by file index
+    for (const auto& [id, task] : lazy_tasks) {
+      lazy_only[static_cast<size_t>(task.pages - m->files.data())] =
+          LazyOnlyChunks(task.pagemap, *task.pages);
+    }
+    auto want = [&](size_t file, size_t chunk) {
+      auto it = lazy_only.find(file);
+      return it == lazy_only.end() || !it->second[chunk];
+    };
+    if (auto s = FetchImages(m->files, m->chunk_hash, *store_, key_, work->images(),
+                             progress ? progress->Counter() : nullptr, want);
+        !s) {
+      return std::unexpected(s.error().WithContext(context + verify_hint));
+    }
+    phases["fetch"] = MillisSince(start);
+    start = Clock::now();
+    int pair[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+      return std::unexpected(SysFail("socketpair").error().WithContext(context));
+    }
+    pages_theirs.reset(pair[1]);
+    BeginPhase(progress, "restore", lazy_bytes);
+    ImageProgress on_page;
+    if (progress) on_page = [progress](uint64_t bytes) { progress->Add(bytes); };
+    auto server =
+        LazyPageServer::Start(UniqueFd(pair[0]), lazy_tasks, m->chunk_hash, *store_, key_, on_page);
+    if (!server) return std::unexpected(server.error().WithContext(context));
+    pages = std::move(*server);
+  } else if (auto server = ImageStreamServer::Listen(work->images(), m->files, m->chunk_hash,
+                                                     *store_, key_, on_fed)) {
     stream = std::move(*server);
   } else {
     // Staged instead (a socket path too long, say): in memory if the images
@@ -533,9 +612,30 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
     monitor_args.push_back("--inherit");
     monitor_args.push_back("socket:[" + std::to_string(inode) + "]=" + std::to_string(target));
   }
-  if (!stream) BeginPhase(progress, "restore");
+  if (pages) {
+    int target = kFirstInheritedFd + static_cast<int>(monitor_fds.size());
+    monitor_fds.push_back({target, pages_theirs.get()});
+    monitor_args.push_back("--lazy-pages");
+    monitor_args.push_back(std::to_string(target));
+  }
+  if (!stream && !pages) BeginPhase(progress, "restore");
   auto restored = supervisor_.StartRestored(caller, job, monitor_args, monitor_fds);
   theirs.clear();
+  pages_theirs.reset();
+  if (pages) {
+    // The monitor reported once criu lazy-pages was done: every page in
+    // (the job then runs), or it failed (the job was killed).
+    auto served = pages->Finish();
+    if (!restored && pages->chunk_failed()) {
+      return std::unexpected(served.error().WithContext(context + verify_hint));
+    }
+    if (restored && !served) {
+      LogWarn("ending a job whose memory was not all served",
+              {{"job", restored->name}, {"error", served.error().ToString()}});
+      (void)supervisor_.Remove(caller, restored->name, /*force=*/true);
+      return std::unexpected(served.error().WithContext(context));
+    }
+  }
   if (stream) {
     // CRIU is done: every file it asked for was fed, or cut short by CRIU
     // hanging up (no failure of the stream) or by the stream's failure.
@@ -580,7 +680,10 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
                            {"restore_ms", PhaseMs(phases, "restore")},
                            {"total_ms", PhaseMs(phases, "total")},
                            {"scratch", work->in_memory() ? "memory" : "disk"},
-                           {"images", stream ? "streamed" : "staged"}});
+                           {"images", stream  ? "streamed"
+                                      : pages ? "staged, memory lazily"
+                                              : "staged"},
+                           {"lazy_bytes", std::to_string(lazy_bytes)}});
   return Restored{std::move(*restored), std::move(phases)};
 }
 

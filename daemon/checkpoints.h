@@ -10,6 +10,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <set>
 #include <shared_mutex>
 #include <string>
@@ -46,6 +47,10 @@ class CheckpointService {
  public:
   struct Options {
     std::string criu_path;
+    // A restore brings back memory through userfaultfd (cryo/lazy_pages.h)
+    // when the checkpoint has at least this many bytes of lazy pages;
+    // nullopt: never.
+    std::optional<uint64_t> lazy_restore_min_bytes = uint64_t{64} << 20;
   };
 
   // Images are dumped to and fetched into `scratch`.

@@ -34,7 +34,7 @@ namespace {
 
 struct Flags {
   std::string config;
-  std::string state_dir, socket, store, memory_scratch, log_level;
+  std::string state_dir, socket, store, memory_scratch, log_level, lazy_restore;
   int ready_fd = -1;
 };
 
@@ -51,6 +51,7 @@ Result<DaemonConfig> Configure(const Flags& flags) {
   if (!flags.store.empty()) config.store_url = flags.store;
   if (!flags.log_level.empty()) config.log_level = flags.log_level;
   if (!flags.memory_scratch.empty()) config.memory_scratch = flags.memory_scratch;
+  if (!flags.lazy_restore.empty()) config.lazy_restore = flags.lazy_restore;
   if (config.criu_path.empty()) config.criu_path = CRYO_DEFAULT_CRIU;
   for (const auto* p : {&config.state_dir, &config.socket_path}) {
     if (p->empty() || (*p)[0] != '/')
@@ -75,6 +76,11 @@ Result<std::string> FindHelper(std::string_view name) {
   return path;
 }
 
+std::optional<uint64_t> LazyRestoreMinBytes(const DaemonConfig& config) {
+  if (config.lazy_restore == "off") return std::nullopt;
+  return config.lazy_restore == "always" ? 1 : uint64_t{64} << 20;
+}
+
 int RealMain(int argc, char** argv) {
   CLI::App app{"cryod: the cryo daemon (runs as root)"};
   Flags flags;
@@ -86,6 +92,8 @@ int RealMain(int argc, char** argv) {
   app.add_option("--memory-scratch", flags.memory_scratch,
                  "tmpfs directory to stage images in when they fit, or 'off' (default /dev/shm)");
   app.add_option("--log-level", flags.log_level, "debug, info, warn or error");
+  app.add_option("--lazy-restore", flags.lazy_restore,
+                 "restore memory through userfaultfd: auto (>= 64 MiB of it), always or off");
   app.add_option("--ready-fd", flags.ready_fd,
                  "write 'ready' to this fd once serving (for supervisors and tests)");
   CLI11_PARSE(app, argc, argv);
@@ -153,8 +161,9 @@ int RealMain(int argc, char** argv) {
     return 1;
   }
   std::string memory_scratch = (*scratch)->memory_root();
-  CheckpointService checkpoints(**supervisor, std::move(*store), *key, std::move(*scratch),
-                                {.criu_path = config->criu_path});
+  CheckpointService checkpoints(
+      **supervisor, std::move(*store), *key, std::move(*scratch),
+      {.criu_path = config->criu_path, .lazy_restore_min_bytes = LazyRestoreMinBytes(*config)});
   // After a crash or a power loss, chunks that no published checkpoint
   // references may be torn (they are synced only before their manifest is
   // written), and a new checkpoint would reuse them as they are: check them
@@ -197,7 +206,8 @@ int RealMain(int argc, char** argv) {
                           {"state_dir", config->state_dir},
                           {"store", config->EffectiveStoreUrl()},
                           {"criu", config->criu_path},
-                          {"memory_scratch", memory_scratch.empty() ? "off" : memory_scratch}});
+                          {"memory_scratch", memory_scratch.empty() ? "off" : memory_scratch},
+                          {"lazy_restore", config->lazy_restore}});
   if (flags.ready_fd >= 0) {
     (void)WriteAll(flags.ready_fd, "ready\n");
     ::close(flags.ready_fd);

@@ -11,14 +11,19 @@
 // exits.
 //
 //   cryo-monitor JOB_DIR --restore IMAGES_DIR --criu CRIU [--stream 1] [--tcp 0]
-//   [--stdout-key K] [--stderr-key K]
+//   [--stdout-key K] [--stderr-key K] [--lazy-pages FD]
 //
 // brings a checkpointed job back instead: CRIU restores the tree as this
 // process's child (rst_sibling) into the job's cgroup, with fresh pipes in
 // place of the dumped stdout/stderr pipes (inherit-fd keys K), and of the
 // shim's API sockets (--inherit KEY=FD, an fd cryod passed). --tcp 0: the
 // job was dumped without CRIU's tcp_established and network lock (it had no
-// TCP socket), and is restored so.
+// TCP socket), and is restored so. --lazy-pages FD: the images lack the
+// lazy pages (cryo/lazy_pages.h); `criu lazy-pages` fills them in, from
+// cryod's page server on the socket FD. The job is frozen from the end of
+// CRIU's restore until every page is in; if that fails it is killed, never
+// thawed with holes in its memory, and the start report says why. A cryod
+// that dies meanwhile takes the page server with it: the job is killed.
 //
 //   --env KEY=VALUE   (fresh start) adds to the program's environment: the
 //                     LD_PRELOAD shim and its settings
@@ -42,6 +47,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -153,6 +159,7 @@ struct Mode {
   std::string job_dir;
   std::string restore_images;  // empty: start the program fresh
   bool stream = false;         // cryod serves the images there (image streamer)
+  int lazy_pages_fd = -1;      // cryod's page server for the lazy pages
   bool tcp = true;             // as dumped: with tcp_established and a network lock
   std::string criu;
   std::string stdout_key, stderr_key;
@@ -182,12 +189,26 @@ std::string PipeKey(int fd) {
 
 // Starts the job: a fresh program, or a restore. Returns init's pid, or
 // reports the failure itself and returns 0.
-pid_t StartJob(const Mode& mode, const JobRecord& job, const std::string& init_path, Pipes& p) {
+pid_t StartJob(const Mode& mode, const JobRecord& job, const std::string& init_path, Pipes& p,
+               Cgroup& cgroup) {
   if (!mode.restore_images.empty()) {
     auto criu = CreateCriuCheckpointer(mode.criu);
     if (!criu) {
       Report({{"errno", 0}, {"error", criu.error().ToString()}});
       return 0;
+    }
+    LazyPagesOptions lazy_options{
+        .images_dir = mode.restore_images, .work_dir = {}, .page_server_fd = mode.lazy_pages_fd};
+    std::optional<Spawned> lazy;
+    if (mode.lazy_pages_fd >= 0) {
+      auto started = (*criu)->StartLazyPages(lazy_options);
+      // Ours closed: the page server's end of file is then lazy-pages' exit.
+      UniqueFd{mode.lazy_pages_fd}.reset();
+      if (!started) {
+        Report({{"errno", 0}, {"error", started.error().ToString()}});
+        return 0;
+      }
+      lazy = std::move(*started);
     }
     std::vector<std::pair<std::string, int>> inherit;
     if (!mode.stdout_key.empty()) inherit.push_back({mode.stdout_key, p.out_w.get()});
@@ -199,13 +220,40 @@ pid_t StartJob(const Mode& mode, const JobRecord& job, const std::string& init_p
                                  .inherit_fds = inherit,
                                  .cgroup_procs = job.cgroup + "/cgroup.procs",
                                  .tcp_established = mode.tcp,
-                                 .stream = mode.stream});
+                                 .stream = mode.stream,
+                                 .lazy_pages = lazy.has_value()});
     // The shim's sockets now live in the restored program; without our
     // copies, cryod sees the program's close as an end of file.
     for (const auto& [key, fd] : mode.inherit) UniqueFd{fd}.reset();
     if (!pid) {
+      if (lazy) {
+        ::kill(lazy->pid, SIGKILL);
+        (void)(*criu)->WaitLazyPages(*lazy, lazy_options);
+      }
       Report({{"errno", 0}, {"error", pid.error().ToString()}});
       return 0;
+    }
+    if (lazy) {
+      // The tree runs already (its faults are served meanwhile); frozen, it
+      // cannot see a hole if lazy-pages fails.
+      auto frozen = cgroup.Freeze();
+      auto filled = (*criu)->WaitLazyPages(*lazy, lazy_options);
+      if (!frozen || !filled) {
+        ::kill(*pid, SIGKILL);  // init of its PID namespace: the whole tree
+        (void)cgroup.Thaw();
+        int st;
+        while (::waitpid(*pid, &st, 0) < 0 && errno == EINTR) {
+        }
+        Report({{"errno", 0},
+                {"error", (!filled ? filled.error() : frozen.error()).ToString() +
+                              " (the restored job was killed)"}});
+        return 0;
+      }
+      if (auto thawed = cgroup.Thaw(); !thawed) {
+        ::kill(*pid, SIGKILL);
+        Report({{"errno", 0}, {"error", thawed.error().ToString()}});
+        return 0;
+      }
     }
     return *pid;
   }
@@ -291,7 +339,7 @@ int Run(const Mode& mode) {
 
   std::string stdout_key = PipeKey(p.out_w.get());
   std::string stderr_key = PipeKey(p.err_w.get());
-  pid_t init = StartJob(mode, *job, init_path, p);
+  pid_t init = StartJob(mode, *job, init_path, p, *cgroup);
   p.out_w.reset();
   p.err_w.reset();
   p.report_w.reset();
@@ -360,6 +408,8 @@ int main(int argc, char** argv) {
       mode.restore_images = argv[i + 1];
     } else if (flag == "--criu") {
       mode.criu = argv[i + 1];
+    } else if (flag == "--lazy-pages") {
+      mode.lazy_pages_fd = std::atoi(argv[i + 1]);
     } else if (flag == "--stream") {
       mode.stream = std::string_view(argv[i + 1]) == "1";
     } else if (flag == "--tcp") {

@@ -31,6 +31,7 @@ constexpr Key kKeys[] = {
     {"criu", &DaemonConfig::criu_path, true},
     {"log_level", &DaemonConfig::log_level, false},
     {"memory_scratch", &DaemonConfig::memory_scratch, false},
+    {"lazy_restore", &DaemonConfig::lazy_restore, false},
 };
 
 }  // namespace
@@ -74,6 +75,10 @@ Result<DaemonConfig> ParseDaemonConfig(std::string_view text, DaemonConfig base)
     return Fail(
         ErrorKind::kInvalidArgument,
         "memory_scratch must be an absolute path or 'off' (not '" + base.memory_scratch + "')");
+  }
+  if (base.lazy_restore != "auto" && base.lazy_restore != "always" && base.lazy_restore != "off") {
+    return Fail(ErrorKind::kInvalidArgument,
+                "lazy_restore must be one of auto, always, off (not '" + base.lazy_restore + "')");
   }
   if (base.log_level != "debug" && base.log_level != "info" && base.log_level != "warn" &&
       base.log_level != "error") {

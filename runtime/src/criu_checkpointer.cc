@@ -3,6 +3,7 @@
 // criu_req / criu_resp per datagram (rpc.proto, installed with CRIU).
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -277,6 +278,7 @@ class CriuCheckpointer final : public Checkpointer {
     if (!work) return std::unexpected(work.error());
     SetCommonOptions(opts, o.images_dir, *work, "restore.log", o.tcp_established);
     opts->set_rst_sibling(true);
+    if (o.lazy_pages) opts->set_lazy_pages(true);
     int next = kFirstInheritFd;
     for (const auto& [key, fd] : o.inherit_fds) {
       auto* inherit = opts->add_inherit_fd();
@@ -291,6 +293,48 @@ class CriuCheckpointer final : public Checkpointer {
                       LogExcerpt(LogDir(o.images_dir, o.work_dir) + "/restore.log"));
     }
     return resp->restore().pid();
+  }
+
+  Result<Spawned> StartLazyPages(const LazyPagesOptions& o) override {
+    constexpr int kPageServerFd = kFirstInheritFd;
+    constexpr int kStatusFd = kFirstInheritFd + 1;
+    auto status = MakePipe();
+    if (!status) return std::unexpected(status.error().WithContext("start criu lazy-pages"));
+    auto child =
+        Spawn({.path = path_,
+               .argv = {"criu", "lazy-pages", "--no-default-config", "--images-dir", o.images_dir,
+                        "--work-dir", LogDir(o.images_dir, o.work_dir), "--log-file",
+                        "lazy-pages.log", "-v4", "--page-server", "--ps-socket",
+                        std::to_string(kPageServerFd), "--status-fd", std::to_string(kStatusFd)},
+               .env = kCriuEnv,
+               .fds = {{kPageServerFd, o.page_server_fd}, {kStatusFd, status->second.get()}},
+               .cgroup_procs = {}});
+    if (!child) return std::unexpected(child.error().WithContext("start criu lazy-pages"));
+    status->second.reset();
+    // One byte once it listens; end of file if it failed first.
+    char ready = 0;
+    auto got = ReadFull(status->first.get(), {&ready, 1});
+    if (!got || *got != 1) {
+      ::kill(child->pid, SIGKILL);
+      int st;
+      while (::waitpid(child->pid, &st, 0) < 0 && errno == EINTR) {
+      }
+      return Fail(ErrorKind::kFailedPrecondition,
+                  "criu lazy-pages failed to start" +
+                      LogExcerpt(LogDir(o.images_dir, o.work_dir) + "/lazy-pages.log"));
+    }
+    return std::move(*child);
+  }
+
+  Status WaitLazyPages(const Spawned& lazy, const LazyPagesOptions& o) override {
+    int status = 0;
+    while (::waitpid(lazy.pid, &status, 0) < 0) {
+      if (errno != EINTR) return SysFail("wait for criu lazy-pages");
+    }
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
+    return Fail(ErrorKind::kFailedPrecondition,
+                "criu lazy-pages failed to fill the restored memory" +
+                    LogExcerpt(LogDir(o.images_dir, o.work_dir) + "/lazy-pages.log"));
   }
 
  private:

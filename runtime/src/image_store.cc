@@ -592,13 +592,13 @@ struct FetchTask {
 // fds[file] at its offset when `fds` is given, except chunks of zeros (the
 // files must have their final size already, so those read back as zeros).
 Status FetchChunks(const std::vector<ImageFile>& files, ChunkHash hash, Store& store,
-                   const Key& key, const std::vector<UniqueFd>* fds,
-                   const ImageProgress& progress) {
+                   const Key& key, const std::vector<UniqueFd>* fds, const ImageProgress& progress,
+                   const ChunkFilter& want = {}) {
   std::vector<FetchTask> tasks;
   for (size_t f = 0; f < files.size(); ++f) {
     uint64_t offset = 0;
     for (size_t i = 0; i < files[f].chunks.size(); ++i) {
-      tasks.push_back({f, i, offset});
+      if (!want || want(f, i)) tasks.push_back({f, i, offset});
       offset += files[f].chunks[i].size;
     }
   }
@@ -787,7 +787,8 @@ Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store,
 }
 
 Status FetchImages(const std::vector<ImageFile>& files, ChunkHash hash, Store& store,
-                   const Key& key, const std::string& dir, const ImageProgress& progress) {
+                   const Key& key, const std::string& dir, const ImageProgress& progress,
+                   const ChunkFilter& want) {
   if (auto s = ValidateImageFiles(files); !s) return s;
   std::vector<UniqueFd> fds;
   std::vector<std::string> created;
@@ -801,7 +802,7 @@ Status FetchImages(const std::vector<ImageFile>& files, ChunkHash hash, Store& s
         return SysFail("restore image " + file.name + ": resize " + path);
       fds.push_back(std::move(*fd));
     }
-    if (auto s = FetchChunks(files, hash, store, key, &fds, progress); !s) return s;
+    if (auto s = FetchChunks(files, hash, store, key, &fds, progress, want); !s) return s;
     for (size_t f = 0; f < files.size(); ++f) {
       struct stat st {};
       if (::fstat(fds[f].get(), &st) != 0) return SysFail("stat " + created[f]);

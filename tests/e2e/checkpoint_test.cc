@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -933,6 +934,142 @@ TEST(Checkpoint, CryodsSharingAStoreNeverRemoveEachOthersChunks) {
   auto done = collecting.Finish(seconds(30));
   EXPECT_EQ(done.exit_code, 0) << done.err;
   EXPECT_FALSE(all_there()) << "gc removed nothing once the store was free";
+}
+
+// Pids of live processes whose command line contains every one of `words`.
+std::vector<pid_t> ProcessesWith(const std::vector<std::string>& words) {
+  std::vector<pid_t> out;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmdline = ReadFileContents(entry.path() / "cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    if (cmdline.empty() || Exited(std::stoi(name))) continue;
+    if (std::all_of(words.begin(), words.end(),
+                    [&](const std::string& w) { return cmdline.find(w) != std::string::npos; })) {
+      out.push_back(std::stoi(name));
+    }
+  }
+  return out;
+}
+
+// Asks a restored memory_hog to check its memory byte for byte.
+void ExpectMemoryIntact(const Cryod& d, const std::string& job) {
+  ASSERT_EQ(d.Cryo({"kill", "--signal", "USR2", job}).exit_code, 0);
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        std::string logs = Logs(d, job);
+        return logs.find("intact") != std::string::npos ||
+               logs.find("damaged") != std::string::npos;
+      },
+      seconds(30)))
+      << Logs(d, job);
+  std::string logs = Logs(d, job);
+  EXPECT_NE(logs.find("intact"), std::string::npos) << logs;
+  EXPECT_EQ(logs.find("damaged"), std::string::npos) << logs;
+}
+
+// Large memory comes back through userfaultfd (criu lazy-pages fed by
+// cryod's page server), small memory and --lazy-restore off through the
+// image stream: every byte where it was, pages added in the middle of the
+// address space included.
+TEST(Checkpoint, MemoryComesBackByteForByteThroughUserfaultfdOrTheStream) {
+  for (std::string mode : {"auto", "off"}) {
+    SCOPED_TRACE("lazy_restore " + mode);
+    Cryod d({"--lazy-restore", mode});
+    ASSERT_EQ(
+        d.Cryo({"run", "-d", "--name", "m", "--", TestProgram("memory_hog"), "256"}).exit_code, 0);
+    ASSERT_TRUE(WaitForOutput(d, "m", "ready"));
+    ASSERT_EQ(d.Cryo({"kill", "--signal", "USR1", "m"}).exit_code, 0);
+    ASSERT_TRUE(WaitForOutput(d, "m", "grown"));
+    ASSERT_FALSE(CheckpointJson(d, "m", /*stop=*/true).is_null());
+    RestoreDetached(d, "m");
+    EXPECT_EQ(d.DaemonLog().find("memory lazily") != std::string::npos, mode == "auto")
+        << d.DaemonLog();
+    ExpectMemoryIntact(d, "m");
+    // The restored job checkpoints and restores again.
+    ASSERT_FALSE(CheckpointJson(d, "m", /*stop=*/true).is_null());
+    RestoreDetached(d, "m", "m2");
+    ExpectMemoryIntact(d, "m2");
+    EXPECT_TRUE(ProcessesWith({"criu lazy-pages "}).empty()) << "criu lazy-pages left running";
+  }
+}
+
+// A chunk of lazily restored memory that fails its check: the restore
+// fails naming `cryo verify`, and the job, restored but frozen while its
+// memory was filled, is killed rather than run with a hole in its memory.
+TEST(Checkpoint, ACorruptChunkOfLazyMemoryFailsTheRestoreAndRunsNothing) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "c", "--", TestProgram("memory_hog"), "128", "random"})
+                .exit_code,
+            0);
+  ASSERT_TRUE(WaitForOutput(d, "c", "ready"));
+  auto ck = CheckpointJson(d, "c", /*stop=*/true);
+  ASSERT_FALSE(ck.is_null());
+  std::string id = ck["id"];
+  // A chunk in the middle of the pages image: lazy memory, never staged.
+  std::ifstream in(StoreDir(d) + "/manifests/" + id);
+  std::string header;
+  std::getline(in, header);
+  std::stringstream body;
+  body << in.rdbuf();
+  std::string victim;
+  auto files = nlohmann::json::parse(body.str())["files"];
+  for (const auto& f : files) {
+    if (f["name"].get<std::string>().starts_with("pages-") && f["chunks"].size() > 16) {
+      victim = ChunkPath(d, f["chunks"][f["chunks"].size() / 2][0].get<std::string>());
+    }
+  }
+  ASSERT_FALSE(victim.empty()) << files.dump().substr(0, 2000);
+  std::string original = ReadFileContents(victim);
+  std::string flipped = original;
+  flipped[flipped.size() / 2] ^= 0x01;
+  std::ofstream(victim, std::ios::binary | std::ios::trunc) << flipped;
+
+  auto r = d.Cryo({"restore", "-d", "--name", "broken", id});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("verify"), std::string::npos) << r.err;
+  EXPECT_TRUE(d.Job("broken").is_null());
+  EXPECT_TRUE(WaitUntil(
+      [] {
+        return ProcessesWith({"memory_hog", "128"}).empty();
+      },
+      seconds(10)))
+      << "a half-restored job is alive";
+  EXPECT_TRUE(ProcessesWith({"criu lazy-pages "}).empty()) << "criu lazy-pages left running";
+
+  std::ofstream(victim, std::ios::binary | std::ios::trunc) << original;
+  RestoreDetached(d, id, "repaired");
+  ExpectMemoryIntact(d, "repaired");
+}
+
+// cryod dies while criu lazy-pages still fills the restored memory: the page
+// server goes with it, and the monitor kills the frozen, half-filled job
+// instead of letting it run with holes. The checkpoint restores afterwards.
+TEST(Checkpoint, DaemonKilledWhileMemoryIsFilledLeavesNoHalfRestoredJob) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "k", "--", TestProgram("memory_hog"), "1024", "random"})
+                .exit_code,
+            0);
+  ASSERT_TRUE(WaitForOutput(d, "k", "ready"));
+  auto ck = CheckpointJson(d, "k", /*stop=*/true);
+  ASSERT_FALSE(ck.is_null());
+  BackgroundCommand restore(d.CryoArgv({"restore", "-d", "--name", "half", "k"}), d.WithSocket({}));
+  ASSERT_TRUE(WaitUntil([] { return !ProcessesWith({"criu lazy-pages "}).empty(); }, seconds(30)));
+  d.Kill9();
+  auto r = restore.Finish(seconds(30));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_TRUE(WaitUntil(
+      [] {
+        return ProcessesWith({"memory_hog", "1024"}).empty();
+      },
+      seconds(10)))
+      << "a half-restored job is alive";
+  EXPECT_TRUE(WaitUntil([] { return ProcessesWith({"criu lazy-pages "}).empty(); }, seconds(10)));
+  d.Start();
+  EXPECT_TRUE(d.Job("half").is_null() || d.Job("half")["state"] != "running") << d.Job("half");
+  RestoreDetached(d, "k", "whole");
+  ExpectMemoryIntact(d, "whole");
 }
 
 }  // namespace

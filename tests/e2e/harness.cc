@@ -188,6 +188,11 @@ void Cryod::Start() {
     std::vector<std::string> args{"cryod",    "--state-dir", state_dir_,
                                   "--socket", socket_,       "--ready-fd",
                                   fd,         "--log-level", "debug"};
+    // The suite runs a second time with every restore's memory through
+    // userfaultfd (tests/e2e/CMakeLists.txt).
+    if (const char* lazy = getenv("CRYO_TEST_LAZY_RESTORE"); lazy != nullptr && *lazy != '\0') {
+      args.insert(args.end(), {"--lazy-restore", lazy});
+    }
     args.insert(args.end(), extra_args_.begin(), extra_args_.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cryo/error.h"
+#include "cryo/process.h"
 
 namespace cryo {
 
@@ -47,6 +48,16 @@ struct RestoreOptions {
   // (cryo/image_streamer.h) instead of files. CRIU 4.2 streams only from its
   // command line, so this runs `criu restore` rather than swrk.
   bool stream = false;
+  // Pages CRIU's pagemaps mark lazy are left out (the images may have holes
+  // there) and filled by the `criu lazy-pages` started with StartLazyPages
+  // on the same images and work directories.
+  bool lazy_pages = false;
+};
+
+struct LazyPagesOptions {
+  std::string images_dir;   // the restore's: pstree, pagemaps, ...
+  std::string work_dir;     // the restore's: the two meet on a socket there
+  int page_server_fd = -1;  // a connected stream socket to the page server
 };
 
 // Called at CRIU's post-dump notification: the images are complete and the
@@ -64,6 +75,14 @@ class Checkpointer {
   // Restores the tree as a child of the calling process (rst_sibling);
   // returns the pid of its root.
   virtual Result<pid_t> Restore(const RestoreOptions& options) = 0;
+  // Starts `criu lazy-pages` (cryo/lazy_pages.h) as a child of the calling
+  // process and returns once it waits for the restore. It exits once every
+  // lazy page is in place (status 0) or when it failed; a restored tree
+  // whose lazy-pages failed has holes in its memory and must not run.
+  virtual Result<Spawned> StartLazyPages(const LazyPagesOptions& options) = 0;
+  // Waits for the `criu lazy-pages` StartLazyPages started with `options` to
+  // exit; its failure, with the relevant lines of its log, if it failed.
+  virtual Status WaitLazyPages(const Spawned& lazy, const LazyPagesOptions& options) = 0;
 };
 
 // The CRIU at `criu_path` (absolute). Fails if there is no executable file

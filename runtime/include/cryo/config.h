@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // cryod's configuration: a file of `key = value` lines (# starts a comment),
 // then command-line flags on top. Keys: state_dir, socket, store, criu,
-// memory_scratch, log_level.
+// memory_scratch, log_level, lazy_restore.
 #pragma once
 
 #include <string>
@@ -22,6 +22,10 @@ struct DaemonConfig {
   // A tmpfs directory where images are staged when they fit in memory
   // (daemon/scratch.h), or "off" to stage them on disk only.
   std::string memory_scratch = "/dev/shm";
+  // How a restore brings memory back (cryo/lazy_pages.h): "auto" through
+  // userfaultfd when the checkpoint has at least 64 MiB of lazy pages,
+  // "always" whenever it has any, "off" never (CRIU copies every page).
+  std::string lazy_restore = "auto";
 
   std::string EffectiveStoreUrl() const;
 };

@@ -146,11 +146,15 @@ Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store,
                                            StoreStats* stats, const ImageProgress& progress = {},
                                            ChunkHash hash = kCurrentChunkHash,
                                            bool consume = false);
+// Whether FetchImages fetches chunk `chunk` of files[file].
+using ChunkFilter = std::function<bool(size_t file, size_t chunk)>;
 // Fetches every chunk of `files` (named with `hash`), verifies it, and writes
 // the files into `dir` (which must exist), 0600. An error names the file and
-// chunk.
+// chunk. With `want`, only the chunks it wants: the others are holes (the
+// files still have their full size).
 Status FetchImages(const std::vector<ImageFile>& files, ChunkHash hash, Store& store,
-                   const Key& key, const std::string& dir, const ImageProgress& progress = {});
+                   const Key& key, const std::string& dir, const ImageProgress& progress = {},
+                   const ChunkFilter& want = {});
 // Reads chunks of a checkpoint's files one at a time, each verified against
 // its name before it is returned. One per thread.
 class ChunkReader {
