@@ -478,6 +478,20 @@ Result<Manifest> CheckpointService::Resolve(const Caller& caller, std::string_vi
   return m;
 }
 
+bool CheckpointService::LazyRestoreWorks() {
+  std::call_once(lazy_checked_, [this] {
+    auto criu = CreateCriuCheckpointer(options_.criu_path);
+    auto works = criu ? (*criu)->SupportsLazyPages() : std::unexpected(criu.error());
+    lazy_works_ = works && *works;
+    if (!lazy_works_) {
+      LogWarn("restores will copy every page themselves: CRIU cannot restore lazily here",
+              {{"why",
+                works ? "no userfaultfd with non-cooperative events" : works.error().ToString()}});
+    }
+  });
+  return lazy_works_;
+}
+
 Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& caller,
                                                                std::string_view ref,
                                                                std::string_view name,
@@ -496,7 +510,7 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
   // lazy pages is staged, and cryod serves those to criu lazy-pages.
   LazyTasks lazy_tasks;
   uint64_t lazy_bytes = 0;
-  if (options_.lazy_restore_min_bytes) {
+  if (options_.lazy_restore_min_bytes && LazyRestoreWorks()) {
     auto tasks = LoadLazyTasks(*m, *store_, key_);
     if (!tasks) return std::unexpected(tasks.error().WithContext(context + verify_hint));
     lazy_bytes = LazyBytes(*tasks);

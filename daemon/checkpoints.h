@@ -10,6 +10,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <shared_mutex>
@@ -134,6 +135,8 @@ class CheckpointService {
   // What the store's manifests reference; with `strict`, an unreadable
   // manifest is an error, else it is skipped. Caller holds store_mu_.
   Result<Referenced> ReferencedChunks(bool strict);
+  // Whether CRIU can restore lazily on this machine (asked once).
+  bool LazyRestoreWorks();
 
   Supervisor& supervisor_;
   // Checkpoints, restores and the rest share the store; gc excludes them all
@@ -145,6 +148,8 @@ class CheckpointService {
   Options options_;
   CheckpointParticipants* participants_ = nullptr;
   bool quiesced_ = false;  // Quiesce() holds store_mu_
+  std::once_flag lazy_checked_;
+  bool lazy_works_ = false;
 };
 
 }  // namespace cryo

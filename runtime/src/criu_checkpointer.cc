@@ -295,6 +295,17 @@ class CriuCheckpointer final : public Checkpointer {
     return resp->restore().pid();
   }
 
+  Result<bool> SupportsLazyPages() override {
+    auto session = Session::Start(path_, {}, "");
+    if (!session) return std::unexpected(session.error());
+    criu_req req;
+    req.set_type(FEATURE_CHECK);
+    req.mutable_features()->set_lazy_pages(true);
+    auto resp = session->Run(req, nullptr, nullptr);
+    if (!resp) return std::unexpected(resp.error().WithContext("criu feature check"));
+    return resp->success() && resp->has_features() && resp->features().lazy_pages();
+  }
+
   Result<Spawned> StartLazyPages(const LazyPagesOptions& o) override {
     constexpr int kPageServerFd = kFirstInheritFd;
     constexpr int kStatusFd = kFirstInheritFd + 1;

@@ -953,6 +953,17 @@ std::vector<pid_t> ProcessesWith(const std::vector<std::string>& words) {
   return out;
 }
 
+// The criu lazy-pages processes of `d`'s restores (their images are in its
+// scratch space; other tests may run beside this one).
+std::vector<pid_t> LazyPagesOf(const Cryod& d) {
+  std::string memory = d.MemoryScratch();
+  auto in_memory =
+      memory.empty() ? std::vector<pid_t>{} : ProcessesWith({"criu lazy-pages ", memory + "/"});
+  auto on_disk = ProcessesWith({"criu lazy-pages ", d.state_dir() + "/"});
+  in_memory.insert(in_memory.end(), on_disk.begin(), on_disk.end());
+  return in_memory;
+}
+
 // Asks a restored memory_hog to check its memory byte for byte.
 void ExpectMemoryIntact(const Cryod& d, const std::string& job) {
   ASSERT_EQ(d.Cryo({"kill", "--signal", "USR2", job}).exit_code, 0);
@@ -991,7 +1002,7 @@ TEST(Checkpoint, MemoryComesBackByteForByteThroughUserfaultfdOrTheStream) {
     ASSERT_FALSE(CheckpointJson(d, "m", /*stop=*/true).is_null());
     RestoreDetached(d, "m", "m2");
     ExpectMemoryIntact(d, "m2");
-    EXPECT_TRUE(ProcessesWith({"criu lazy-pages "}).empty()) << "criu lazy-pages left running";
+    EXPECT_TRUE(LazyPagesOf(d).empty()) << "criu lazy-pages left running";
   }
 }
 
@@ -1036,7 +1047,7 @@ TEST(Checkpoint, ACorruptChunkOfLazyMemoryFailsTheRestoreAndRunsNothing) {
       },
       seconds(10)))
       << "a half-restored job is alive";
-  EXPECT_TRUE(ProcessesWith({"criu lazy-pages "}).empty()) << "criu lazy-pages left running";
+  EXPECT_TRUE(LazyPagesOf(d).empty()) << "criu lazy-pages left running";
 
   std::ofstream(victim, std::ios::binary | std::ios::trunc) << original;
   RestoreDetached(d, id, "repaired");
@@ -1055,7 +1066,7 @@ TEST(Checkpoint, DaemonKilledWhileMemoryIsFilledLeavesNoHalfRestoredJob) {
   auto ck = CheckpointJson(d, "k", /*stop=*/true);
   ASSERT_FALSE(ck.is_null());
   BackgroundCommand restore(d.CryoArgv({"restore", "-d", "--name", "half", "k"}), d.WithSocket({}));
-  ASSERT_TRUE(WaitUntil([] { return !ProcessesWith({"criu lazy-pages "}).empty(); }, seconds(30)));
+  ASSERT_TRUE(WaitUntil([&] { return !LazyPagesOf(d).empty(); }, seconds(30)));
   d.Kill9();
   auto r = restore.Finish(seconds(30));
   EXPECT_NE(r.exit_code, 0);
@@ -1065,7 +1076,7 @@ TEST(Checkpoint, DaemonKilledWhileMemoryIsFilledLeavesNoHalfRestoredJob) {
       },
       seconds(10)))
       << "a half-restored job is alive";
-  EXPECT_TRUE(WaitUntil([] { return ProcessesWith({"criu lazy-pages "}).empty(); }, seconds(10)));
+  EXPECT_TRUE(WaitUntil([&] { return LazyPagesOf(d).empty(); }, seconds(10)));
   d.Start();
   EXPECT_TRUE(d.Job("half").is_null() || d.Job("half")["state"] != "running") << d.Job("half");
   RestoreDetached(d, "k", "whole");

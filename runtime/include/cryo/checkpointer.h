@@ -75,6 +75,9 @@ class Checkpointer {
   // Restores the tree as a child of the calling process (rst_sibling);
   // returns the pid of its root.
   virtual Result<pid_t> Restore(const RestoreOptions& options) = 0;
+  // Whether this machine can restore lazily (CRIU's feature check: a kernel
+  // with userfaultfd and its non-cooperative events).
+  virtual Result<bool> SupportsLazyPages() = 0;
   // Starts `criu lazy-pages` (cryo/lazy_pages.h) as a child of the calling
   // process and returns once it waits for the restore. It exits once every
   // lazy page is in place (status 0) or when it failed; a restored tree
