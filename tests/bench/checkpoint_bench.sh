@@ -14,7 +14,10 @@
 # e.g. "--memory-scratch off" to stage cryo's images on that disk too;
 # by default cryod stages them in /dev/shm when they fit).
 # Targets (issue 3): frozen time <= 1.0x raw dump, total checkpoint <= 1.5x,
-# restore <= 1.2x.
+# restore <= 1.2x. cryod restores these processes' memory through
+# userfaultfd (lazy_restore auto); a second cryod sharing the store and key,
+# with --lazy-restore off, restores each checkpoint once more the other way
+# (the image stream), for comparison.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 build=${CRYO_BUILD_DIR:-$top/build}
@@ -29,12 +32,14 @@ hog=$build/tests/e2e/programs/memory_hog
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/cryo-bench.XXXXXX")
 export CRYO_SOCKET=$work/cryod.sock
 cryo() { "$build/bin/cryo" "$@"; }
-cryod_pid=
+cryod_pid= stream_pid=
+stream_socket=$work/stream.sock
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   cryo rm --force bench >/dev/null 2>&1 || true
-  [[ -n $cryod_pid ]] && kill "$cryod_pid" 2>/dev/null && wait "$cryod_pid" 2>/dev/null
+  CRYO_SOCKET=$stream_socket cryo rm --force bench >/dev/null 2>&1 || true
+  for p in $cryod_pid $stream_pid; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -48,6 +53,14 @@ exec 3>"$work/ready"
 cryod_pid=$!
 exec 3>&-
 for _ in $(seq 100); do [[ -s $work/ready ]] && break; sleep 0.1; done
+mkdir -m 0700 "$work/state-stream"
+cp -p "$work/state/key" "$work/state-stream/key"
+exec 3>"$work/ready-stream"
+"$build/bin/cryod" --state-dir "$work/state-stream" --socket "$stream_socket" --ready-fd 3 \
+  --store "file://$work/state/store" --lazy-restore off ${CRYOD_ARGS:-} 2>"$work/cryod-stream.log" &
+stream_pid=$!
+exec 3>&-
+for _ in $(seq 100); do [[ -s $work/ready-stream ]] && break; sleep 0.1; done
 
 # Waits for "ready" in the output that `$1` prints, then lets the machine
 # settle a moment (the program just wrote its memory), alike for both sides.
@@ -100,22 +113,28 @@ cryo_rep() {
   cryo restore -d bench >/dev/null
   cryo_restore+=("$(elapsed "$t")")
   cryo rm --force bench >/dev/null
+  before_restore
+  t=$(now)
+  CRYO_SOCKET=$stream_socket cryo restore -d bench >/dev/null
+  cryo_stream+=("$(elapsed "$t")")
+  CRYO_SOCKET=$stream_socket cryo rm --force bench >/dev/null
 }
 
 printf 'filesystem of %s: %s\n' "$work" "$(stat -f -c %T "$work")"
 for mib in "${sizes[@]}"; do
-  raw_dump=() raw_restore=() cryo_frozen=() cryo_total=() cryo_restore=()
+  raw_dump=() raw_restore=() cryo_frozen=() cryo_total=() cryo_restore=() cryo_stream=()
   for rep in $(seq "$reps"); do
     # New random memory every repetition: each checkpoint stores its random
     # half anew, as a first checkpoint does (the text half is the same).
     seed=$((rep + 1000 * mib))
     # Alternating order (ABBA), so that drifts of this VM hit both alike.
     if ((rep % 2)); then raw_rep "$mib" && cryo_rep "$mib"; else cryo_rep "$mib" && raw_rep "$mib"; fi
-    printf '%5d MiB rep %d: raw dump %.2fs restore %.2fs | cryo frozen %.2fs total %.2fs restore %.2fs\n' \
-      "$mib" "$rep" "${raw_dump[-1]}" "${raw_restore[-1]}" "${cryo_frozen[-1]}" "${cryo_total[-1]}" "${cryo_restore[-1]}"
+    printf '%5d MiB rep %d: raw dump %.2fs restore %.2fs | cryo frozen %.2fs total %.2fs restore %.2fs (streamed %.2fs)\n' \
+      "$mib" "$rep" "${raw_dump[-1]}" "${raw_restore[-1]}" "${cryo_frozen[-1]}" "${cryo_total[-1]}" "${cryo_restore[-1]}" "${cryo_stream[-1]}"
   done
   rd=$(median "${raw_dump[@]}") rr=$(median "${raw_restore[@]}")
   cf=$(median "${cryo_frozen[@]}") ct=$(median "${cryo_total[@]}") cr=$(median "${cryo_restore[@]}")
-  printf '%5d MiB medians: raw dump %.2fs, raw restore %.2fs; cryo frozen %.2fs (%.2fx, target <= 1.0x), total %.2fs (%.2fx, target <= 1.5x), restore %.2fs (%.2fx, target <= 1.2x)\n' \
-    "$mib" "$rd" "$rr" "$cf" "$(echo "$cf/$rd" | bc -l)" "$ct" "$(echo "$ct/$rd" | bc -l)" "$cr" "$(echo "$cr/$rr" | bc -l)"
+  cs=$(median "${cryo_stream[@]}")
+  printf '%5d MiB medians: raw dump %.2fs, raw restore %.2fs; cryo frozen %.2fs (%.2fx, target <= 1.0x), total %.2fs (%.2fx, target <= 1.5x), restore %.2fs (%.2fx, target <= 1.2x); streamed restore %.2fs (%.2fx)\n' \
+    "$mib" "$rd" "$rr" "$cf" "$(echo "$cf/$rd" | bc -l)" "$ct" "$(echo "$ct/$rd" | bc -l)" "$cr" "$(echo "$cr/$rr" | bc -l)" "$cs" "$(echo "$cs/$rr" | bc -l)"
 done
