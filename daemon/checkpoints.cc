@@ -125,6 +125,24 @@ Result<LazyTasks> LoadLazyTasks(const Manifest& m, Store& store, const Key& key)
   return tasks;
 }
 
+// Bytes of lazy pages that more than one task of the checkpoint holds (by
+// chunk): memory processes share after a fork, copy-on-write. CRIU restores
+// such pages shared, but through userfaultfd each task gets its own copy.
+uint64_t LazyBytesShared(const LazyTasks& tasks) {
+  std::map<std::string_view, std::pair<uint64_t, const ImageFile*>> seen;  // hash: size, owner
+  uint64_t shared = 0;
+  for (const auto& [id, task] : tasks) {
+    auto lazy_only = LazyOnlyChunks(task.pagemap, *task.pages);
+    for (size_t i = 0; i < lazy_only.size(); ++i) {
+      if (!lazy_only[i]) continue;
+      const ChunkRef& c = task.pages->chunks[i];
+      auto [it, fresh] = seen.try_emplace(c.hash, c.size, task.pages);
+      if (!fresh && it->second.second != task.pages) shared += c.size;
+    }
+  }
+  return shared;
+}
+
 void BeginPhase(ProgressMeter* progress, std::string phase, uint64_t total_bytes = 0,
                 std::function<uint64_t()> poll = {}) {
   if (progress) progress->BeginPhase(std::move(phase), total_bytes, std::move(poll));
@@ -510,13 +528,20 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
   // lazy pages is staged, and cryod serves those to criu lazy-pages.
   LazyTasks lazy_tasks;
   uint64_t lazy_bytes = 0;
+  std::string job_id = NewJobId();
   if (options_.lazy_restore_min_bytes && LazyRestoreWorks()) {
     auto tasks = LoadLazyTasks(*m, *store_, key_);
     if (!tasks) return std::unexpected(tasks.error().WithContext(context + verify_hint));
     lazy_bytes = LazyBytes(*tasks);
-    if (lazy_bytes > 0 && lazy_bytes >= *options_.lazy_restore_min_bytes) {
+    uint64_t shared = lazy_bytes > 0 ? LazyBytesShared(*tasks) : 0;
+    if (lazy_bytes > 0 && lazy_bytes >= *options_.lazy_restore_min_bytes &&
+        shared * 8 <= lazy_bytes) {
       lazy_tasks = std::move(*tasks);
     } else {
+      if (shared * 8 > lazy_bytes) {
+        LogInfo("restoring memory the ordinary way: processes share much of it",
+                {{"checkpoint", m->id}, {"shared_bytes", std::to_string(shared)}});
+      }
       lazy_bytes = 0;
     }
   }
@@ -569,8 +594,18 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
     BeginPhase(progress, "restore", lazy_bytes);
     ImageProgress on_page;
     if (progress) on_page = [progress](uint64_t bytes) { progress->Add(bytes); };
-    auto server =
-        LazyPageServer::Start(UniqueFd(pair[0]), lazy_tasks, m->chunk_hash, *store_, key_, on_page);
+    // Serving failed: kill the restored processes while lazy-pages still
+    // holds back every page it has not copied, before our hang-up ends it
+    // (and would let them read zeros there).
+    auto cgroup = Cgroup::PathFor(job_id);
+    if (!cgroup) return std::unexpected(cgroup.error().WithContext(context));
+    auto kill_job = [path = *cgroup] {
+      if (auto pids = CgroupPids(path)) {
+        for (pid_t pid : *pids) ::kill(pid, SIGKILL);
+      }
+    };
+    auto server = LazyPageServer::Start(UniqueFd(pair[0]), lazy_tasks, m->chunk_hash, *store_, key_,
+                                        on_page, kill_job);
     if (!server) return std::unexpected(server.error().WithContext(context));
     pages = std::move(*server);
   } else if (auto server = ImageStreamServer::Listen(work->images(), m->files, m->chunk_hash,
@@ -593,6 +628,7 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
   }
 
   JobRecord job;
+  job.id = job_id;
   job.name = name.empty() ? m->job : std::string(name);
   job.argv = m->argv;
   job.env = m->env;
@@ -642,6 +678,12 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
     auto served = pages->Finish();
     if (!restored && pages->chunk_failed()) {
       return std::unexpected(served.error().WithContext(context + verify_hint));
+    }
+    if (!restored && !served) {
+      const Error& criu = restored.error();
+      return std::unexpected(Error(criu.kind(), criu.ToString() + "\ncryod's page server: " +
+                                                    served.error().ToString())
+                                 .WithContext(context));
     }
     if (restored && !served) {
       LogWarn("ending a job whose memory was not all served",

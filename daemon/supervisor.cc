@@ -394,7 +394,7 @@ void Supervisor::SetNotice(const std::string& id, const std::string& notice) {
 Result<JobRecord> Supervisor::StartRestored(const Caller& caller, JobRecord job,
                                             std::vector<std::string> monitor_args,
                                             std::vector<std::pair<int, int>> fds) {
-  job.id = NewJobId();
+  if (job.id.empty()) job.id = NewJobId();
   return Launch(caller, std::move(job), std::move(monitor_args),
                 "restore it under another name with --name, or stop the running one first",
                 std::move(fds));

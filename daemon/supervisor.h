@@ -55,8 +55,8 @@ class Supervisor {
   // Forgets an ended job (with `force`, kills a running one first).
   Result<JobRecord> Remove(const Caller& caller, std::string_view name, bool force);
 
-  // Starts a job restored from a checkpoint (`job.id` and times are set
-  // here): `job` carries name, owner,
+  // Starts a job restored from a checkpoint (times are set here, and
+  // `job.id` unless the caller chose it): `job` carries name, owner,
   // argv, env and cwd from the verified manifest; `monitor_args` tell
   // cryo-monitor how to restore (see daemon/monitor).
   // `fds` ({monitor fd, our fd}) are passed to cryo-monitor as well.

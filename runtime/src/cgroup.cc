@@ -89,6 +89,12 @@ Result<Cgroup> Cgroup::Create(std::string_view name) {
   return Cgroup(path, base->second);
 }
 
+Result<std::string> Cgroup::PathFor(std::string_view name) {
+  auto base = Base();
+  if (!base) return std::unexpected(base.error());
+  return base->first + "/" + std::string(name);
+}
+
 Result<Cgroup> Cgroup::Adopt(std::string path) {
   if (!Exists(path + "/cgroup.procs")) return Fail(ErrorKind::kNotFound, "no cgroup at " + path);
   Version v = path.find("/freezer/") != std::string::npos ? Version::kV1Freezer : Version::kV2;

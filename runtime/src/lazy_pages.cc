@@ -10,6 +10,7 @@
 #include <atomic>
 #include <charconv>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -45,17 +46,26 @@ struct PageServerIov {
 static_assert(sizeof(PageServerIov) == 32);
 
 // criu lazy-pages asks for at most 4 MiB at a time (MAX_XFER_LEN in
-// criu/uffd.c); anything far larger is not a request of its.
-constexpr uint64_t kMaxRequestPages = (uint64_t{256} << 20) / kPageBytes;
-// Plaintext fetched and verified ahead of the pages last asked for, per
-// pages image.
+// criu/uffd.c); anything larger is not a request of its.
+constexpr uint64_t kMaxRequestPages = (uint64_t{16} << 20) / kPageBytes;
+// Plaintext fetched and verified ahead of the pages asked for: per pages
+// image, and for all of them together.
 constexpr uint64_t kAheadBytes = uint64_t{32} << 20;
+constexpr uint64_t kAheadTotalBytes = uint64_t{48} << 20;
+// Addresses beyond this are not a pagemap's.
+constexpr uint64_t kMaxAddress = uint64_t{1} << 57;
 // Room for any chunk (1 MiB at most) as ChunkReader::ReadInto wants it.
 constexpr size_t kBufferRoom = (size_t{1} << 20) + 64;
 
 // On 2 cores: two fetchers; criu lazy-pages needs little CPU (a copy in and
 // a UFFDIO_COPY out per page).
 size_t FetcherCount() { return std::clamp<size_t>(std::thread::hardware_concurrency(), 2, 4); }
+
+std::string Hex(uint64_t value) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(value));
+  return buf;
+}
 
 CodedInputStream InputOver(std::string_view bytes) {
   return CodedInputStream(reinterpret_cast<const uint8_t*>(bytes.data()),
@@ -110,13 +120,14 @@ std::vector<uint64_t> ChunkStarts(const ImageFile& file) {
 class Server final : public LazyPageServer {
  public:
   Server(UniqueFd socket, const LazyTasks& tasks, ChunkHash hash, Store& store, const Key& key,
-         ImageProgress progress)
+         ImageProgress progress, std::function<void()> on_failure)
       : socket_(std::move(socket)),
         tasks_(tasks),
         hash_(hash),
         store_(store),
         key_(key),
-        progress_(std::move(progress)) {
+        progress_(std::move(progress)),
+        on_failure_(std::move(on_failure)) {
     for (const auto& [id, task] : tasks_) {
       auto file = std::make_unique<FileState>();
       file->file = task.pages;
@@ -186,7 +197,9 @@ class Server final : public LazyPageServer {
   using Data = std::shared_ptr<const Buffer>;
   struct Slot {
     bool done = false;
-    Data data;  // null if it failed
+    Data data;                   // null if it failed
+    std::optional<Error> error;  // why; raised only if the chunk is asked for
+    uint64_t bytes = 0;          // counted in ahead_bytes_
   };
   struct FileState {
     const ImageFile* file = nullptr;
@@ -218,13 +231,22 @@ class Server final : public LazyPageServer {
       FileState* pick = nullptr;
       cv_.wait(lock, [&] {
         if (stopping_ || error_) return true;
-        for (auto& [id, f] : files_) {
+        if (ahead_bytes_ >= kAheadTotalBytes) return false;
+        // The image lazy-pages asked for last first, then the others.
+        auto wanted = [&](FileState* f) {
           while (f->next < f->lazy_chunks.size() && f->cache.contains(f->lazy_chunks[f->next])) {
             ++f->next;
           }
-          if (f->next >= f->lazy_chunks.size()) continue;
+          if (f->next >= f->lazy_chunks.size()) return false;
           uint64_t from = f->starts[f->lazy_chunks[std::min(f->cursor, f->next)]];
-          if (f->starts[f->lazy_chunks[f->next]] - from < kAheadBytes) {
+          return f->starts[f->lazy_chunks[f->next]] - from < kAheadBytes;
+        };
+        if (last_ != nullptr && wanted(last_)) {
+          pick = last_;
+          return true;
+        }
+        for (auto& [id, f] : files_) {
+          if (wanted(f.get())) {
             pick = f.get();
             return true;
           }
@@ -234,12 +256,18 @@ class Server final : public LazyPageServer {
       if (pick == nullptr) return;
       size_t index = pick->lazy_chunks[pick->next++];
       auto slot = std::make_shared<Slot>();
+      slot->bytes = pick->file->chunks[index].size;
+      ahead_bytes_ += slot->bytes;
       pick->cache[index] = slot;
       lock.unlock();
       auto data = Read(reader, *pick->file, index);
       lock.lock();
       slot->done = true;
-      slot->data = std::move(data);
+      if (data) {
+        slot->data = std::move(*data);
+      } else {
+        slot->error = std::move(data.error());
+      }
       cv_.notify_all();
     }
   }
@@ -265,35 +293,44 @@ class Server final : public LazyPageServer {
     });
   }
 
-  // Chunk `index` of `file`, verified; null (and the error set) if not.
-  Data Read(ChunkReader& reader, const ImageFile& file, size_t index) {
+  // Chunk `index` of `file`, verified.
+  Result<Data> Read(ChunkReader& reader, const ImageFile& file, size_t index) {
     auto buffer = TakeBuffer(ChunkReader::ReadRoom(file.chunks[index]));
     auto plain = reader.ReadInto(file, index, {buffer->memory.get(), buffer->room});
-    if (!plain) {
-      SetError(plain.error(), /*chunk=*/true);
-      return nullptr;
-    }
+    if (!plain) return std::unexpected(plain.error());
     buffer->plain = *plain;
     return buffer;
   }
 
-  // The chunk, from the cache or fetched now.
+  // The chunk, from the cache or fetched now; null (and the error set) if it
+  // failed. A chunk fetched ahead fails the serving only once asked for.
   Data Chunk(ChunkReader& reader, FileState& f, size_t index) {
     std::unique_lock lock(mu_);
+    std::shared_ptr<Slot> slot;
     if (auto it = f.cache.find(index); it != f.cache.end()) {
-      auto slot = it->second;
+      slot = it->second;
       cv_.wait(lock, [&] { return slot->done || stopping_; });
-      return slot->done ? slot->data : nullptr;
+      if (!slot->done) return nullptr;
+    } else {
+      lock.unlock();
+      auto data = Read(reader, *f.file, index);
+      lock.lock();
+      slot = std::make_shared<Slot>();
+      slot->done = true;
+      if (data) {
+        slot->data = std::move(*data);
+      } else {
+        slot->error = std::move(data.error());
+      }
     }
-    auto slot = std::make_shared<Slot>();
-    f.cache[index] = slot;
-    lock.unlock();
-    auto data = Read(reader, *f.file, index);
-    lock.lock();
-    slot->done = true;
-    slot->data = data;
-    cv_.notify_all();
-    return data;
+    if (slot->error) {
+      if (!error_) {
+        error_ = *slot->error;
+        chunk_failed_ = true;
+      }
+      return nullptr;
+    }
+    return slot->data;
   }
 
   // Where the pages of a request are in the pages image.
@@ -303,6 +340,10 @@ class Server final : public LazyPageServer {
       return Fail(
           ErrorKind::kInvalidArgument,
           "criu lazy-pages asked for pages of an unknown task " + std::to_string(req.dst_id));
+    }
+    if (req.vaddr % kPageBytes != 0 || req.vaddr >= kMaxAddress) {
+      return Fail(ErrorKind::kInvalidArgument,
+                  "criu lazy-pages asked for pages at a bad address " + Hex(req.vaddr));
     }
     const auto& runs = task->second.pagemap.runs;
     FileState* file = files_.at(req.dst_id).get();
@@ -320,7 +361,7 @@ class Server final : public LazyPageServer {
           !run->present()) {
         return Fail(ErrorKind::kInvalidArgument,
                     "criu lazy-pages asked for a page the checkpoint does not hold: task " +
-                        std::to_string(req.dst_id) + " address " + std::to_string(addr));
+                        std::to_string(req.dst_id) + " address " + Hex(addr));
       }
       uint64_t take = std::min(left, run->vaddr + run->bytes() - addr);
       uint64_t offset = run->offset + (addr - run->vaddr);
@@ -347,10 +388,16 @@ class Server final : public LazyPageServer {
                             f.lazy_chunks.begin());
     if (cursor < f.cursor || cursor > f.next) f.next = cursor;
     f.cursor = cursor;
+    last_ = &f;
     // What lies before the request is done with (unless a fault elsewhere
     // sent us there, then fetched again if asked for again).
     for (auto it = f.cache.begin(); it != f.cache.end() && it->first < chunk;) {
-      it = it->second->done ? f.cache.erase(it) : std::next(it);
+      if (!it->second->done) {
+        ++it;
+        continue;
+      }
+      ahead_bytes_ -= it->second->bytes;
+      it = f.cache.erase(it);
     }
     cv_.notify_all();
   }
@@ -449,6 +496,12 @@ class Server final : public LazyPageServer {
       }
     }
     // criu lazy-pages sees the end and fails: the restored job must not run.
+    bool failed;
+    {
+      std::lock_guard lock(mu_);
+      failed = error_.has_value() || !closed_;
+    }
+    if (failed && on_failure_) on_failure_();
     ::shutdown(socket_.get(), SHUT_RDWR);
     {
       std::lock_guard lock(mu_);
@@ -463,6 +516,7 @@ class Server final : public LazyPageServer {
   Store& store_;
   const Key& key_;
   ImageProgress progress_;
+  std::function<void()> on_failure_;
   std::mutex pool_mu_;
   std::vector<std::unique_ptr<Buffer>> pool_;  // declared before files_: outlives their buffers
   std::map<uint64_t, std::unique_ptr<FileState>> files_;
@@ -474,6 +528,8 @@ class Server final : public LazyPageServer {
   bool closed_ = false;
   bool chunk_failed_ = false;
   std::optional<Error> error_;
+  uint64_t ahead_bytes_ = 0;   // in the caches: fetched ahead, or being fetched
+  FileState* last_ = nullptr;  // the image of the last request
   std::thread server_;
   std::vector<std::thread> fetchers_;
 };
@@ -519,8 +575,11 @@ Result<Pagemap> ParsePagemap(std::string_view image) {
     } else {
       run.flags = fields->contains(4) ? static_cast<uint32_t>((*fields)[4]) : PagemapRun::kPresent;
     }
-    if (run.vaddr % kPageBytes != 0 || run.pages > (uint64_t{1} << 40) / kPageBytes ||
-        (!map.runs.empty() && run.vaddr < map.runs.back().vaddr + map.runs.back().bytes())) {
+    if (run.vaddr % kPageBytes != 0 || run.vaddr >= kMaxAddress ||
+        run.pages > (kMaxAddress - run.vaddr) / kPageBytes) {
+      return std::unexpected(CorruptPagemap("an entry outside the address space"));
+    }
+    if (!map.runs.empty() && run.vaddr < map.runs.back().vaddr + map.runs.back().bytes()) {
       return std::unexpected(CorruptPagemap("entries out of order or overlapping"));
     }
     run.offset = offset;
@@ -568,19 +627,17 @@ std::vector<bool> LazyOnlyChunks(const Pagemap& pagemap, const ImageFile& pages)
   return lazy;
 }
 
-Result<std::unique_ptr<LazyPageServer>> LazyPageServer::Start(UniqueFd socket,
-                                                              const LazyTasks& tasks,
-                                                              ChunkHash hash, Store& store,
-                                                              const Key& key,
-                                                              ImageProgress progress) {
+Result<std::unique_ptr<LazyPageServer>> LazyPageServer::Start(
+    UniqueFd socket, const LazyTasks& tasks, ChunkHash hash, Store& store, const Key& key,
+    ImageProgress progress, std::function<void()> on_failure) {
   for (const auto& [id, task] : tasks) {
     if (task.pages == nullptr) {
       return Fail(ErrorKind::kInvalidArgument,
                   "task " + std::to_string(id) + " has no pages image");
     }
   }
-  auto server =
-      std::make_unique<Server>(std::move(socket), tasks, hash, store, key, std::move(progress));
+  auto server = std::make_unique<Server>(std::move(socket), tasks, hash, store, key,
+                                         std::move(progress), std::move(on_failure));
   if (auto s = server->Begin(); !s) return std::unexpected(s.error());
   return server;
 }

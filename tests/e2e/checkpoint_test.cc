@@ -1006,6 +1006,24 @@ TEST(Checkpoint, MemoryComesBackByteForByteThroughUserfaultfdOrTheStream) {
   }
 }
 
+// Memory a forked child shares with its parent stays shared after a restore
+// only if CRIU restores it: through userfaultfd every process would get its
+// own copy. Such a checkpoint is restored the ordinary way.
+TEST(Checkpoint, MemorySharedAfterAForkIsNotRestoredThroughUserfaultfd) {
+  Cryod d;
+  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "f", "--", TestProgram("memory_hog"), "128", "random",
+                    "1", "fork"})
+                .exit_code,
+            0);
+  ASSERT_TRUE(WaitForOutput(d, "f", "ready"));
+  ASSERT_FALSE(CheckpointJson(d, "f", /*stop=*/true).is_null());
+  RestoreDetached(d, "f");
+  std::string log = d.DaemonLog();
+  EXPECT_NE(log.find("processes share much of it"), std::string::npos) << log;
+  EXPECT_EQ(log.find("memory lazily"), std::string::npos) << log;
+  ExpectMemoryIntact(d, "f");
+}
+
 // A chunk of lazily restored memory that fails its check: the restore
 // fails naming `cryo verify`, and the job, restored but frozen while its
 // memory was filled, is killed rather than run with a hole in its memory.

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <cstring>
 #include <random>
 #include <string>
@@ -101,11 +102,15 @@ TEST(PagemapTest, DamagedImagesAreCorrupt) {
   bad_magic[4] ^= 1;
   std::string overlap = PagemapImage(1, {{0x10000, 32, kPresent}, {0x20000, 4, kPresent}});
   std::string unaligned = PagemapImage(1, {{0x10001, 1, kPresent}});
+  std::string beyond = PagemapImage(1, {{uint64_t{1} << 57, 1, kPresent}});
+  std::string wrapping = PagemapImage(1, {{0x10000, uint64_t{1} << 52, kPresent, false, true}});
   for (const auto& [what, image] : std::vector<std::pair<std::string, std::string>>{
            {"bad magic", bad_magic},
            {"truncated", good.substr(0, good.size() - 2)},
            {"overlapping", overlap},
            {"unaligned", unaligned},
+           {"beyond the address space", beyond},
+           {"wrapping around", wrapping},
            {"no head", good.substr(0, 8)},
            {"empty", ""}}) {
     auto map = ParsePagemap(image);
@@ -172,7 +177,9 @@ class LazyPageServerTest : public ::testing::Test {
     int pair[2];
     ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
     client_.reset(pair[1]);
-    auto server = LazyPageServer::Start(UniqueFd(pair[0]), tasks_, kCurrentChunkHash, store_, key_);
+    failures_ = 0;
+    auto server = LazyPageServer::Start(UniqueFd(pair[0]), tasks_, kCurrentChunkHash, store_, key_,
+                                        {}, [this] { ++failures_; });
     ASSERT_TRUE(server.has_value());
     server_ = std::move(*server);
   }
@@ -212,6 +219,7 @@ class LazyPageServerTest : public ::testing::Test {
   LazyTasks tasks_;
   UniqueFd client_;
   std::unique_ptr<LazyPageServer> server_;
+  std::atomic<int> failures_{0};
 };
 
 TEST_F(LazyPageServerTest, AnswersFaultsAndBackgroundRequestsInAnyOrder) {
@@ -228,6 +236,7 @@ TEST_F(LazyPageServerTest, AnswersFaultsAndBackgroundRequestsInAnyOrder) {
   EXPECT_EQ(status, 0);
   EXPECT_TRUE(server_->Finish().has_value());
   EXPECT_EQ(server_->served_bytes(), (1 + 16 + 48 + 8 + 40 + 2) * kPageBytes);
+  EXPECT_EQ(failures_, 0);
 }
 
 TEST_F(LazyPageServerTest, RequestsForPagesItDoesNotHoldEndIt) {
@@ -235,6 +244,8 @@ TEST_F(LazyPageServerTest, RequestsForPagesItDoesNotHoldEndIt) {
            {0x144000, 1, 7},                     // a hole
            {0x100000, 1, 8},                     // another task
            {0x200000 + 39 * kPageBytes, 2, 7},   // past the end of a run
+           {0x100000 + 8, 1, 7},                 // not a page's address
+           {0x100000, 64 * 1024, 7},             // more than lazy-pages ever asks for
            {0x100000, uint64_t{1} << 40, 7}}) {  // absurdly many
     SetUp();
     Send(kGet, vaddr, pages, task);
@@ -243,6 +254,7 @@ TEST_F(LazyPageServerTest, RequestsForPagesItDoesNotHoldEndIt) {
     ASSERT_FALSE(s.has_value());
     EXPECT_EQ(s.error().kind(), ErrorKind::kInvalidArgument) << s.error().ToString();
     EXPECT_FALSE(server_->chunk_failed());
+    EXPECT_EQ(failures_, 1) << "the restored processes were not killed first";
   }
 }
 
@@ -259,6 +271,23 @@ TEST_F(LazyPageServerTest, AChunkThatFailsItsCheckEndsItAndIsNamed) {
   EXPECT_TRUE(server_->chunk_failed());
   EXPECT_NE(s.error().ToString().find(victim.hash.substr(0, 12)), std::string::npos)
       << s.error().ToString();
+  EXPECT_EQ(failures_, 1);
+}
+
+// Fetched ahead but never asked for (the process unmapped it, say): a bad
+// chunk there fails nothing.
+TEST_F(LazyPageServerTest, ABadChunkNobodyAsksForFailsNothing) {
+  const auto& last = files_[0].chunks.back();
+  ASSERT_TRUE(store_.Put(ChunkKey(last.hash), std::string(1, '\0') + "not the chunk").has_value());
+  StartServer();
+  ExpectPages(0x100000, 16, 0);
+  Send(kForceClose, 0, 0);
+  int32_t status = -1;
+  ASSERT_EQ(ReadFull(client_.get(), {reinterpret_cast<char*>(&status), sizeof status}).value_or(0),
+            sizeof status);
+  EXPECT_TRUE(server_->Finish().has_value());
+  EXPECT_FALSE(server_->chunk_failed());
+  EXPECT_EQ(failures_, 0);
 }
 
 TEST_F(LazyPageServerTest, AClientGoneBeforeItIsDoneIsAFailure) {
@@ -267,6 +296,7 @@ TEST_F(LazyPageServerTest, AClientGoneBeforeItIsDoneIsAFailure) {
   auto s = server_->Finish();
   ASSERT_FALSE(s.has_value());
   EXPECT_NE(s.error().ToString().find("hung up"), std::string::npos) << s.error().ToString();
+  EXPECT_EQ(failures_, 1);
 }
 
 }  // namespace

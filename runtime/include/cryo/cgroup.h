@@ -44,6 +44,8 @@ class Cgroup {
   // Creates <root>/cryo/<name>. The returned object owns the directory and
   // removes it on destruction unless Release()d.
   static Result<Cgroup> Create(std::string_view name);
+  // The path Create(name) makes (nothing is created).
+  static Result<std::string> PathFor(std::string_view name);
   // Takes ownership of an existing job cgroup directory (made by Create).
   static Result<Cgroup> Adopt(std::string path);
 

@@ -21,6 +21,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+
 #include <map>
 #include <memory>
 #include <optional>
@@ -84,10 +86,15 @@ class LazyPageServer {
   // Serves `tasks`' pages on `socket` (our end of a stream socket pair whose
   // other end criu lazy-pages gets as --ps-socket) from a thread of its own,
   // with more that fetch ahead. `tasks`, `store` and `key` must outlive this
-  // object. `progress` hears of every page range sent.
+  // object. `progress` hears of every page range sent. `on_failure` runs
+  // when serving fails, before the socket is shut down: while lazy-pages
+  // lives, a page it has not copied yet still stops whoever touches it, so
+  // the restored processes can be killed before any of them could read a
+  // page that lazy-pages' end would turn into zeros.
   static Result<std::unique_ptr<LazyPageServer>> Start(UniqueFd socket, const LazyTasks& tasks,
                                                        ChunkHash hash, Store& store, const Key& key,
-                                                       ImageProgress progress = {});
+                                                       ImageProgress progress = {},
+                                                       std::function<void()> on_failure = {});
   virtual ~LazyPageServer() = default;
   // Stops serving (shuts the socket down) and waits for the threads. The
   // failure of the serving, if any: a chunk that failed its check or could

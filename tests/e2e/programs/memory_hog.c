@@ -8,6 +8,8 @@
 // middle of the pages image, for the deduplication test. On SIGUSR2 it
 // checks every byte of its memory against what it wrote and prints "intact"
 // or "damaged at OFFSET" (a restore that lost or misplaced pages).
+//   memory_hog MIB mixed|random SEED fork   also forks a child that shares
+// the memory (copy-on-write) and waits.
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -70,6 +72,10 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < half; ++i) high[i] = (unsigned char)kText[i % (sizeof kText - 1)];
   } else {
     Fill(high, half, seed * 2);
+  }
+    // "fork": a child shares all of it, copy-on-write, and waits.
+  if (argc > 4 && strcmp(argv[4], "fork") == 0 && fork() == 0) {
+    for (;;) pause();
   }
   int grown = 0;
   signal(SIGUSR1, OnUsr1);
