@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
   } else {
     Fill(high, half, seed * 2);
   }
-    // "fork": a child shares all of it, copy-on-write, and waits.
+  // "fork": a child shares all of it, copy-on-write, and waits.
   if (argc > 4 && strcmp(argv[4], "fork") == 0 && fork() == 0) {
     for (;;) pause();
   }
