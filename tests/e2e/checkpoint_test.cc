@@ -72,14 +72,19 @@ nlohmann::json CheckpointJson(const Cryod& d, const std::string& job, bool stop 
 
 std::string StoreDir(const Cryod& d) { return d.state_dir() + "/store"; }
 
-// The chunk hashes a checkpoint's manifest lists (read from the store file).
-std::set<std::string> ChunksOf(const Cryod& d, const std::string& id) {
+// A checkpoint's manifest, as JSON (read from the store file).
+nlohmann::json ManifestJson(const Cryod& d, const std::string& id) {
   std::ifstream in(StoreDir(d) + "/manifests/" + id);
   std::string header;
   std::getline(in, header);
   std::stringstream body;
   body << in.rdbuf();
-  auto m = nlohmann::json::parse(body.str());
+  return nlohmann::json::parse(body.str());
+}
+
+// The chunk hashes a checkpoint's manifest lists.
+std::set<std::string> ChunksOf(const Cryod& d, const std::string& id) {
+  auto m = ManifestJson(d, id);
   std::set<std::string> out;
   for (const auto& f : m["files"]) {
     for (const auto& c : f["chunks"]) out.insert(c[0].get<std::string>());
@@ -1006,17 +1011,24 @@ TEST(Checkpoint, MemoryComesBackByteForByteThroughUserfaultfdOrTheStream) {
   }
 }
 
+// Runs memory_hog ARGS as job `name`, waits until it is ready and
+// checkpoints it with --stop. The checkpoint's id ("" on failure).
+std::string StoppedMemoryHog(const Cryod& d, const std::string& name,
+                             const std::vector<std::string>& args) {
+  std::vector<std::string> run{"run", "-d", "--name", name, "--", TestProgram("memory_hog")};
+  run.insert(run.end(), args.begin(), args.end());
+  EXPECT_EQ(d.Cryo(run).exit_code, 0);
+  if (!WaitForOutput(d, name, "ready")) return "";
+  auto ck = CheckpointJson(d, name, /*stop=*/true);
+  return ck.is_null() ? "" : ck["id"].get<std::string>();
+}
+
 // Memory a forked child shares with its parent stays shared after a restore
 // only if CRIU restores it: through userfaultfd every process would get its
 // own copy. Such a checkpoint is restored the ordinary way.
 TEST(Checkpoint, MemorySharedAfterAForkIsNotRestoredThroughUserfaultfd) {
   Cryod d;
-  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "f", "--", TestProgram("memory_hog"), "128", "random",
-                    "1", "fork"})
-                .exit_code,
-            0);
-  ASSERT_TRUE(WaitForOutput(d, "f", "ready"));
-  ASSERT_FALSE(CheckpointJson(d, "f", /*stop=*/true).is_null());
+  ASSERT_FALSE(StoppedMemoryHog(d, "f", {"128", "random", "1", "fork"}).empty());
   RestoreDetached(d, "f");
   std::string log = d.DaemonLog();
   EXPECT_NE(log.find("processes share much of it"), std::string::npos) << log;
@@ -1029,21 +1041,11 @@ TEST(Checkpoint, MemorySharedAfterAForkIsNotRestoredThroughUserfaultfd) {
 // memory was filled, is killed rather than run with a hole in its memory.
 TEST(Checkpoint, ACorruptChunkOfLazyMemoryFailsTheRestoreAndRunsNothing) {
   Cryod d;
-  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "c", "--", TestProgram("memory_hog"), "128", "random"})
-                .exit_code,
-            0);
-  ASSERT_TRUE(WaitForOutput(d, "c", "ready"));
-  auto ck = CheckpointJson(d, "c", /*stop=*/true);
-  ASSERT_FALSE(ck.is_null());
-  std::string id = ck["id"];
+  std::string id = StoppedMemoryHog(d, "c", {"128", "random"});
+  ASSERT_FALSE(id.empty());
   // A chunk in the middle of the pages image: lazy memory, never staged.
-  std::ifstream in(StoreDir(d) + "/manifests/" + id);
-  std::string header;
-  std::getline(in, header);
-  std::stringstream body;
-  body << in.rdbuf();
   std::string victim;
-  auto files = nlohmann::json::parse(body.str())["files"];
+  auto files = ManifestJson(d, id)["files"];
   for (const auto& f : files) {
     if (f["name"].get<std::string>().starts_with("pages-") && f["chunks"].size() > 16) {
       victim = ChunkPath(d, f["chunks"][f["chunks"].size() / 2][0].get<std::string>());
@@ -1077,12 +1079,7 @@ TEST(Checkpoint, ACorruptChunkOfLazyMemoryFailsTheRestoreAndRunsNothing) {
 // instead of letting it run with holes. The checkpoint restores afterwards.
 TEST(Checkpoint, DaemonKilledWhileMemoryIsFilledLeavesNoHalfRestoredJob) {
   Cryod d;
-  ASSERT_EQ(d.Cryo({"run", "-d", "--name", "k", "--", TestProgram("memory_hog"), "1024", "random"})
-                .exit_code,
-            0);
-  ASSERT_TRUE(WaitForOutput(d, "k", "ready"));
-  auto ck = CheckpointJson(d, "k", /*stop=*/true);
-  ASSERT_FALSE(ck.is_null());
+  ASSERT_FALSE(StoppedMemoryHog(d, "k", {"1024", "random"}).empty());
   BackgroundCommand restore(d.CryoArgv({"restore", "-d", "--name", "half", "k"}), d.WithSocket({}));
   ASSERT_TRUE(WaitUntil([&] { return !LazyPagesOf(d).empty(); }, seconds(30)));
   d.Kill9();
