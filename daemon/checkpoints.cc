@@ -191,7 +191,7 @@ CheckpointService::CheckpointService(Supervisor& supervisor, std::unique_ptr<Sto
       options_(std::move(options)) {}
 
 Status CheckpointService::Publish(Manifest& m, const std::string& images_dir,
-                                  ProgressMeter* progress) {
+                                  ImageStoreSession& storing, ProgressMeter* progress) {
   auto start = Clock::now();
   // A correction that cannot be made leaves the images as CRIU wrote them:
   // they restore as well as CRIU alone would restore them.
@@ -204,14 +204,8 @@ Status CheckpointService::Publish(Manifest& m, const std::string& images_dir,
   }
   StoreStats stats;
   BeginPhase(progress, "store", DirectoryBytes(images_dir));
-  // The images are read once: their memory (or disk space) goes back as they
-  // are read, and the chunks written next reuse it. In a VM whose balloon
-  // returns freed memory to the host, fresh memory costs a slow fault per
-  // page; reused, it does not (4 GiB: the store phase took 7.1-7.5 s instead
-  // of 9.4-9.6 s, with a quarter less CPU).
-  auto files = StoreImages(images_dir, *store_, key_, &stats,
-                           progress ? progress->Counter() : nullptr, m.chunk_hash,
-                           /*consume=*/true);
+  if (progress) storing.SetProgress(progress->Counter());
+  auto files = storing.Finish(&stats);
   if (!files) return std::unexpected(files.error().WithContext("store images in " + store_->url()));
   m.files = std::move(*files);
   m.image_bytes = stats.bytes;
@@ -302,6 +296,19 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   if (!work) return std::unexpected(work.error().WithContext(context));
   auto criu = CreateCriuCheckpointer(options_.criu_path);
   if (!criu) return std::unexpected(criu.error().WithContext(context));
+  // The memory images are stored as CRIU writes them, on the core the
+  // frozen job leaves idle. They are read once: their memory (or disk
+  // space) goes back as they are read, and the chunks written next reuse
+  // it. In a VM whose balloon returns freed memory to the host, fresh
+  // memory costs a slow fault per page; reused, it does not (4 GiB: the
+  // store phase took 7.1-7.5 s instead of 9.4-9.6 s, with a quarter less
+  // CPU).
+  std::unique_ptr<ImageStoreSession> storing;
+  auto store_as_dumped = [&] {
+    storing = std::make_unique<ImageStoreSession>(work->images(), *store_, key_, m.chunk_hash,
+                                                  /*consume=*/true);
+    storing->Follow();
+  };
   auto criu_version = (*criu)->Version();
   if (!criu_version) return std::unexpected(criu_version.error().WithContext(context));
   m.criu_version = std::move(*criu_version);
@@ -311,12 +318,13 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   // soon as the images are complete and store afterwards.
   auto start = Clock::now();
   BeginPhase(progress, "dump", 0, [dir = work->images()] { return DirectoryBytes(dir); });
+  store_as_dumped();
   Status stored;
   bool published_in_commit = false;
   auto commit = [&]() -> Status {
     m.phases["dump"] = MillisSince(start);
     if (stop) {
-      stored = Publish(m, work->images(), progress);
+      stored = Publish(m, work->images(), *storing, progress);
       published_in_commit = stored.has_value();
     }
     return stored;
@@ -357,6 +365,7 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
     bool collided = IsCriuProcDirCollision(error);
     bool memory_full = work->in_memory() && IsNoSpace(error);
     if (!collided && !memory_full) return false;
+    storing.reset();  // what it stored is of the failed dump
     (void)ThawIfFrozen(job->cgroup);
     if (memory_full) {
       auto disk = scratch_->Allocate(m.id, std::nullopt);  // an unknown size goes to disk
@@ -365,6 +374,7 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
               {{"job", job->name}, {"attempt", std::to_string(attempt)}});
       work = std::move(disk);
       BeginPhase(progress, "dump", 0, [dir = work->images()] { return DirectoryBytes(dir); });
+      store_as_dumped();
       return true;
     }
     bool removed = RemoveStaleCriuProcDir(job->init_pid, kStaleProcDirAge);
@@ -378,6 +388,7 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
     }
     // Random, so that two colliding dumps part.
     std::this_thread::sleep_for(std::chrono::milliseconds(20 + RandomBelow(100)));
+    store_as_dumped();
     return true;
   };
   for (int attempt = 2; !dumped && !published_in_commit && attempt <= kDumpAttempts &&
@@ -418,7 +429,7 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   // unless --stop published it during the dump.
   SplitFreezeFromDump(m.phases, work->path(), *frozen);
   if (!stop) {
-    if (auto s = Publish(m, work->images(), progress); !s) {
+    if (auto s = Publish(m, work->images(), *storing, progress); !s) {
       LogWarn("checkpoint not stored", {{"job", job->name}, {"error", s.error().ToString()}});
       return std::unexpected(s.error().WithContext(context));
     }

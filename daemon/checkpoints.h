@@ -126,7 +126,10 @@ class CheckpointService {
  private:
   // Loads and authenticates the manifest REF names, if the caller may see it.
   Result<Manifest> Resolve(const Caller& caller, std::string_view ref);
-  Status Publish(Manifest& manifest, const std::string& images_dir, ProgressMeter* progress);
+  // Stores the dumped images (`storing` has followed them since the dump
+  // began), then publishes the manifest and the job's latest reference.
+  Status Publish(Manifest& manifest, const std::string& images_dir, ImageStoreSession& storing,
+                 ProgressMeter* progress);
   struct Referenced {
     std::set<std::string> chunk_keys;  // ChunkKey()s the manifests name
     uint64_t manifests = 0;            // readable manifests

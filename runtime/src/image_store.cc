@@ -11,17 +11,20 @@
 #include <openssl/hmac.h>
 #include <sodium.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -349,26 +352,33 @@ class ChunkQueue {
 
 class ImageUploader {
  public:
-  ImageUploader(Store& store, const Key& key, ChunkHash hash, std::vector<ImageFile>& files,
-                const ImageProgress& progress)
-      : store_(store), hasher_(key, hash), files_(files), progress_(progress) {}
+  ImageUploader(Store& store, const Key& key, ChunkHash hash) : store_(store), hasher_(key, hash) {}
+
+  // A new image file; returns its number. Cutting thread only.
+  size_t AddFile(std::string name) {
+    std::lock_guard lock(mu_);
+    files_.push_back({.name = std::move(name)});
+    results_.emplace_back();
+    next_index_.push_back(0);
+    return files_.size() - 1;
+  }
+  void SetSize(size_t file, uint64_t size) {
+    std::lock_guard lock(mu_);
+    files_[file].size = size;
+  }
 
   // Cuts chunks of file number `file` from `window`, the file's bytes from
   // the end of its last chunk so far, held by `buffer`, and queues them.
   // Unless `last` (the window reaches the end of the file), stops where a cut
   // could depend on bytes beyond the window. Returns the bytes it cut.
   size_t Cut(size_t file, std::string_view window, const std::shared_ptr<char>& buffer, bool last) {
-    if (file != cut_file_) {
-      cut_file_ = file;
-      cut_index_ = 0;
-    }
     const auto* p = reinterpret_cast<const unsigned char*>(window.data());
     size_t offset = 0;
     while (offset < window.size() && !errors_.failed()) {
       size_t left = window.size() - offset;
       if (!last && left < kMaxChunk) break;
       size_t len = ChunkLength(p + offset, left);
-      queue_.Push({window.substr(offset, len), buffer, file, cut_index_++, order_++});
+      queue_.Push({window.substr(offset, len), buffer, file, next_index_[file]++, order_++});
       offset += len;
     }
     return offset;
@@ -377,38 +387,77 @@ class ImageUploader {
   void SetError(Error error) { errors_.Set(order_, std::move(error)); }
   bool failed() const { return errors_.failed(); }
 
-  // Runs the workers until Finish().
-  void Start() {
+  // Runs the workers until Finish(); in the background (see SetBackground)
+  // if `background`.
+  void Start(bool background) {
+    background_ = background;
     for (size_t i = 0; i < WorkerCount(); ++i) workers_.emplace_back([this] { Work(); });
   }
-  Status Finish(StoreStats* stats) {
+  // Moves the workers to the lowest CPU priority, or back to the normal one
+  // (which takes CAP_SYS_NICE; without it they stay where they are).
+  void SetBackground(bool background) {
+    std::lock_guard lock(mu_);
+    background_ = background;
+    for (pid_t tid : worker_tids_) (void)::setpriority(PRIO_PROCESS, tid, background ? 19 : 0);
+  }
+  // Where progress goes from now on, with what went nowhere before.
+  void SetProgress(ImageProgress progress) {
+    std::lock_guard lock(progress_mu_);
+    progress_ = std::move(progress);
+    if (progress_ && unreported_ > 0) progress_(std::exchange(unreported_, 0));
+  }
+  // Waits for the queued chunks; the files, sorted by name, with their
+  // chunk lists.
+  Result<std::vector<ImageFile>> Finish(StoreStats* stats) {
     queue_.Close();
     workers_.clear();  // joins
-    if (auto s = errors_.status(); !s) return s;
+    if (auto s = errors_.status(); !s) return std::unexpected(s.error());
     StoreStats total;
-    for (size_t f = 0; f < files_.size(); ++f) {
-      files_[f].chunks = std::move(results_[f]);
-      total.bytes += files_[f].size;
-      total.chunks += files_[f].chunks.size();
+    std::vector<ImageFile> files = std::move(files_);
+    for (size_t f = 0; f < files.size(); ++f) {
+      files[f].chunks = std::move(results_[f]);
+      total.bytes += files[f].size;
+      total.chunks += files[f].chunks.size();
     }
+    std::sort(files.begin(), files.end(),
+              [](const ImageFile& a, const ImageFile& b) { return a.name < b.name; });
     total.new_bytes = new_bytes_;
     total.new_chunks = new_chunks_;
     if (stats != nullptr) *stats = total;
-    return {};
+    return files;
   }
 
  private:
   void Work() {
+    {
+      std::lock_guard lock(mu_);
+      worker_tids_.push_back(::gettid());
+      if (background_) (void)::setpriority(PRIO_PROCESS, 0, 19);
+    }
     ZstdCCtx cctx(ZSTD_createCCtx());
     std::string encoded;
     while (auto task = queue_.Pop()) {
       if (errors_.failed()) continue;  // drain
       if (auto s = Upload(*task, cctx.get(), encoded); !s) {
-        errors_.Set(task->order, s.error().WithContext("image " + files_[task->file].name +
+        errors_.Set(task->order, s.error().WithContext("image " + FileName(task->file) +
                                                        ": chunk " + std::to_string(task->index)));
-      } else if (progress_) {
-        progress_(task->data.size());
+      } else {
+        Report(task->data.size());
       }
+    }
+  }
+
+  std::string FileName(size_t file) {
+    std::lock_guard lock(mu_);
+    return files_[file].name;
+  }
+
+  void Report(uint64_t bytes) {
+    std::lock_guard lock(progress_mu_);
+    if (progress_) {
+      progress_(bytes);
+    } else {
+      unreported_ += bytes;
     }
   }
 
@@ -439,19 +488,22 @@ class ImageUploader {
 
   Store& store_;
   ChunkHasher hasher_;
-  std::vector<ImageFile>& files_;
-  const ImageProgress& progress_;
   ChunkQueue queue_{4 * WorkerCount()};
   FirstError errors_;
   // Used by the cutting thread only:
   size_t order_ = 0;
-  size_t cut_file_ = SIZE_MAX;
-  size_t cut_index_ = 0;
+  std::vector<size_t> next_index_;  // per file
   std::atomic<uint64_t> new_bytes_{0};
   std::atomic<uint64_t> new_chunks_{0};
-  std::mutex mu_;  // guards the two below
-  std::vector<std::vector<ChunkRef>> results_{files_.size()};
+  std::mutex progress_mu_;  // guards the two below
+  ImageProgress progress_;
+  uint64_t unreported_ = 0;
+  std::mutex mu_;  // guards the five below
+  std::vector<ImageFile> files_;
+  std::vector<std::vector<ChunkRef>> results_;
   std::unordered_set<std::string> seen_;
+  std::vector<pid_t> worker_tids_;
+  bool background_ = false;
   std::vector<std::jthread> workers_;  // last: joined before the rest is destroyed
 };
 
@@ -459,39 +511,53 @@ class ImageUploader {
 // the next, and those whose chunks the workers still hash.
 constexpr size_t kReadBuffers = 4;
 
-// Reads the image file at `path` (number `file`) into buffers of `buffers`
-// and cuts it into chunks for `uploader`; each buffer's last partial chunk
-// starts the next. Returns the file's size.
-Result<uint64_t> ReadAndCut(const std::string& path, size_t file, BufferPool& buffers,
-                            ImageUploader& uploader, bool consume) {
+Result<UniqueFd> OpenImage(const std::string& path, bool consume) {
   auto fd = OpenFile(path, (consume ? O_RDWR : O_RDONLY) | O_NOFOLLOW);
   if (!fd) return std::unexpected(fd.error());
   struct stat st {};
   if (::fstat(fd->get(), &st) != 0) return SysFail("stat " + path);
   if (!S_ISREG(st.st_mode)) return Fail(ErrorKind::kInvalidArgument, path + " is not a file");
-  const auto size = static_cast<uint64_t>(st.st_size);
+  return std::move(*fd);
+}
+
+Result<uint64_t> FileSize(int fd, const std::string& path) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return SysFail("stat " + path);
+  return static_cast<uint64_t>(st.st_size);
+}
+
+// Reads bytes [from, size) of the image file `path`, open at `fd` (number
+// `file`), into buffers of `buffers` and cuts them into chunks for
+// `uploader`; each buffer's last partial chunk starts the next. `from` is
+// where the file's last chunk so far ended. `last`: `size` is the end of the
+// file; otherwise stops where a cut could depend on bytes beyond `size`.
+// With `consume`, the bytes cut are given back (hole punching). Stops early
+// once `*stop` is set. Returns the offset where the last chunk it cut ends.
+Result<uint64_t> ReadAndCut(int fd, const std::string& path, size_t file, uint64_t from,
+                            uint64_t size, bool last, BufferPool& buffers, ImageUploader& uploader,
+                            bool consume, const std::atomic<bool>* stop = nullptr) {
   std::shared_ptr<char> buffer = buffers.Take();
-  uint64_t offset = 0;  // of the buffer's first byte in the file
-  size_t have = 0;      // bytes in the buffer
+  uint64_t offset = from;  // of the buffer's first byte in the file
+  size_t have = 0;         // bytes in the buffer
   for (;;) {
     while (have < BufferPool::kBufferBytes && offset + have < size) {
       size_t want = static_cast<size_t>(
           std::min<uint64_t>(BufferPool::kBufferBytes - have, size - offset - have));
-      ssize_t n = ::pread(fd->get(), buffer.get() + have, want, static_cast<off_t>(offset + have));
+      ssize_t n = ::pread(fd, buffer.get() + have, want, static_cast<off_t>(offset + have));
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) return SysFail("read " + path);
       if (n == 0) return Fail(ErrorKind::kInternal, path + " shrank while it was being stored");
-      if (consume) {
-        // The bytes are in the buffer: give the file's memory back now, so
-        // that the chunks written next reuse it while it is still warm.
-        (void)::fallocate(fd->get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                          static_cast<off_t>(offset + have), n);
-      }
       have += static_cast<size_t>(n);
     }
-    bool last = offset + have == size;
-    size_t cut = uploader.Cut(file, {buffer.get(), have}, buffer, last);
-    if (last || uploader.failed()) return size;
+    bool end = offset + have == size;
+    size_t cut = uploader.Cut(file, {buffer.get(), have}, buffer, last && end);
+    if (consume && cut > 0) {
+      // The bytes are in the buffer: give the file's memory back now, so
+      // that the chunks written next reuse it while it is still warm.
+      (void)::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                        static_cast<off_t>(cut));
+    }
+    if (end || uploader.failed() || (stop != nullptr && stop->load())) return offset + cut;
     std::shared_ptr<char> next = buffers.Take();
     std::memcpy(next.get(), buffer.get() + cut, have - cut);
     offset += cut;
@@ -499,6 +565,167 @@ Result<uint64_t> ReadAndCut(const std::string& path, size_t file, BufferPool& bu
     buffer = std::move(next);
   }
 }
+
+// CRIU writes a memory image from its start to its end, and never again.
+bool IsMemoryImage(std::string_view name) {
+  return name.starts_with("pages-") && name.ends_with(".img");
+}
+
+// How often a session looks for more of the images CRIU writes, when it
+// found nothing to do.
+constexpr auto kFollowInterval = std::chrono::milliseconds(10);
+
+}  // namespace
+
+struct ImageStoreSession::State {
+  State(std::string images_dir, Store& store, const Key& key, ChunkHash hash, bool consume_images)
+      : dir(std::move(images_dir)), consume(consume_images), uploader(store, key, hash) {}
+
+  // A memory image being followed.
+  struct Followed {
+    size_t file;
+    UniqueFd fd;
+    uint64_t cut = 0;  // where its last chunk so far ends
+  };
+
+  // Stores what CRIU has written of the memory images, until told to stop.
+  void Follow() {
+    (void)::setpriority(PRIO_PROCESS, 0, 19);  // this thread's
+    while (!stopping) {
+      auto advanced = Advance();
+      if (!advanced) {
+        uploader.SetError(advanced.error());
+        return;
+      }
+      if (!*advanced) {
+        std::unique_lock lock(mu);
+        wake.wait_for(lock, kFollowInterval, [&] { return stopping.load(); });
+      }
+    }
+  }
+
+  // One look at the memory images; whether it cut anything.
+  Result<bool> Advance() {
+    auto names = ListRegularFiles(dir);
+    if (!names) return std::unexpected(names.error());
+    bool cut_any = false;
+    for (const auto& name : *names) {
+      if (!IsMemoryImage(name) || uploader.failed()) continue;
+      auto it = followed.find(name);
+      if (it == followed.end()) {
+        auto fd = OpenImage(dir + "/" + name, consume);
+        if (!fd) return std::unexpected(fd.error());
+        it = followed.emplace(name, Followed{uploader.AddFile(name), std::move(*fd)}).first;
+      }
+      Followed& f = it->second;
+      std::string path = dir + "/" + name;
+      auto size = FileSize(f.fd.get(), path);
+      if (!size) return std::unexpected(size.error());
+      if (*size < f.cut)
+        return Fail(ErrorKind::kInternal, path + " shrank while it was being stored");
+      if (*size - f.cut < kMaxChunk) continue;
+      auto cut = ReadAndCut(f.fd.get(), path, f.file, f.cut, *size, /*last=*/false, buffers,
+                            uploader, consume, &stopping);
+      if (!cut) return std::unexpected(cut.error());
+      cut_any = cut_any || *cut > f.cut;
+      f.cut = *cut;
+    }
+    return cut_any;
+  }
+
+  void StopFollowing() {
+    {
+      std::lock_guard lock(mu);
+      stopping = true;  // under mu: the follower cannot miss the wake-up
+    }
+    wake.notify_all();
+    if (follower.joinable()) follower.join();
+  }
+
+  // Stores every image from where following left it.
+  Status StoreRest() {
+    auto names = ListRegularFiles(dir);
+    if (!names) return std::unexpected(names.error());
+    size_t seen = 0;
+    for (const auto& name : *names) {
+      if (uploader.failed()) break;
+      std::string path = dir + "/" + name;
+      auto it = followed.find(name);
+      std::optional<Followed> fresh;
+      if (it != followed.end()) {
+        ++seen;
+      } else {
+        auto fd = OpenImage(path, consume);
+        if (!fd) return std::unexpected(fd.error());
+        fresh = Followed{uploader.AddFile(name), std::move(*fd)};
+      }
+      Followed& f = fresh ? *fresh : it->second;
+      auto size = FileSize(f.fd.get(), path);
+      if (!size) return std::unexpected(size.error());
+      if (*size < f.cut)
+        return Fail(ErrorKind::kInternal, path + " shrank while it was being stored");
+      auto cut = ReadAndCut(f.fd.get(), path, f.file, f.cut, *size, /*last=*/true, buffers,
+                            uploader, consume);
+      if (!cut) return std::unexpected(cut.error());
+      uploader.SetSize(f.file, *size);
+    }
+    if (!uploader.failed() && seen != followed.size()) {
+      return Fail(ErrorKind::kInternal,
+                  "a memory image in " + dir + " vanished while it was stored");
+    }
+    return {};
+  }
+
+  const std::string dir;
+  const bool consume;
+  BufferPool buffers{kReadBuffers};  // before the uploader: outlives the workers that read them
+  ImageUploader uploader;
+  bool started = false;
+  bool finished = false;
+  std::map<std::string, Followed> followed;  // the follower's, then Finish's
+  std::mutex mu;
+  std::condition_variable wake;
+  std::atomic<bool> stopping{false};  // set under mu
+  std::thread follower;
+};
+
+ImageStoreSession::ImageStoreSession(std::string dir, Store& store, const Key& key, ChunkHash hash,
+                                     bool consume)
+    : state_(std::make_unique<State>(std::move(dir), store, key, hash, consume)) {}
+
+ImageStoreSession::~ImageStoreSession() {
+  state_->StopFollowing();
+  if (state_->started && !state_->finished) (void)state_->uploader.Finish(nullptr);
+}
+
+void ImageStoreSession::Follow() {
+  if (state_->started) return;
+  state_->started = true;
+  state_->uploader.Start(/*background=*/true);
+  state_->follower = std::thread([s = state_.get()] { s->Follow(); });
+}
+
+void ImageStoreSession::SetProgress(ImageProgress progress) {
+  state_->uploader.SetProgress(std::move(progress));
+}
+
+Result<std::vector<ImageFile>> ImageStoreSession::Finish(StoreStats* stats) {
+  State& s = *state_;
+  s.StopFollowing();
+  if (s.started) {
+    s.uploader.SetBackground(false);
+  } else {
+    s.started = true;
+    s.uploader.Start(/*background=*/false);
+  }
+  if (!s.uploader.failed()) {
+    if (auto stored = s.StoreRest(); !stored) s.uploader.SetError(stored.error());
+  }
+  s.finished = true;
+  return s.uploader.Finish(stats);
+}
+
+namespace {
 
 // ---------------------------------------------------------------------------
 // Fetching and verifying
@@ -766,24 +993,9 @@ std::string LatestRefKey(std::string_view job) { return "refs/" + std::string(jo
 Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store, const Key& key,
                                            StoreStats* stats, const ImageProgress& progress,
                                            ChunkHash hash, bool consume) {
-  auto names = ListRegularFiles(dir);
-  if (!names) return std::unexpected(names.error());
-  std::vector<ImageFile> files(names->size());
-  for (size_t f = 0; f < files.size(); ++f) files[f].name = (*names)[f];
-
-  BufferPool buffers(kReadBuffers);  // declared first: outlives the workers that read them
-  ImageUploader uploader(store, key, hash, files, progress);
-  uploader.Start();
-  for (size_t f = 0; f < files.size() && !uploader.failed(); ++f) {
-    auto size = ReadAndCut(dir + "/" + files[f].name, f, buffers, uploader, consume);
-    if (!size) {
-      uploader.SetError(size.error());
-      break;
-    }
-    files[f].size = *size;
-  }
-  if (auto s = uploader.Finish(stats); !s) return std::unexpected(s.error());
-  return files;
+  ImageStoreSession session(dir, store, key, hash, consume);
+  session.SetProgress(progress);
+  return session.Finish(stats);
 }
 
 Status FetchImages(const std::vector<ImageFile>& files, ChunkHash hash, Store& store,

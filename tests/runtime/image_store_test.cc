@@ -9,11 +9,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <blake3.h>
@@ -21,6 +23,7 @@
 #include <sodium.h>
 
 #include "cryo/file_util.h"
+#include "cryo/unique_fd.h"
 #include "fakes/memory_store.h"
 #include "image_test_data.h"
 #include "temp_dir.h"
@@ -390,6 +393,108 @@ TEST(StoreImagesTest, MissingDirectoryIsAnError) {
   auto files = StoreImages("/nonexistent/cryo/images", store, TestKey(), nullptr);
   ASSERT_FALSE(files.has_value());
   EXPECT_EQ(files.error().kind(), ErrorKind::kNotFound);
+}
+
+// A session follows a memory image as CRIU writes it: chunks are stored
+// before the dump ends, their bytes go back (consume), and Finish gives the
+// file list that StoreImages gives for the finished directory.
+TEST(ImageStoreSessionTest, StoresAGrowingMemoryImageAsItIsWritten) {
+  std::string pages;
+  for (uint64_t i = 0; pages.size() < 30 * kMiB; ++i) {
+    pages += RandomBytes((i * 7919 + 1) % (3 * kMiB), i + 40);
+    pages += std::string((i * 104729) % (2 * kMiB), '\0');
+  }
+  std::string core = RandomBytes(70 * kKiB, 23);
+  TempDir kept, growing;
+  WriteOrDie(kept.Join("pages-1.img"), pages);
+  WriteOrDie(kept.Join("core-1.img"), core);
+  MemoryStore store;
+  Key key = TestKey();
+  auto want = StoreImages(kept.path(), store, key, nullptr);
+  ASSERT_TRUE(want.has_value()) << want.error().ToString();
+
+  MemoryStore other;
+  ImageStoreSession session(growing.path(), other, key, kCurrentChunkHash, /*consume=*/true);
+  session.Follow();
+  std::string path = growing.Join("pages-1.img");
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600));
+  ASSERT_GE(fd.get(), 0);
+  // Written in uneven pieces, as CRIU does, waiting until the session has
+  // stored something of the first 20 MiB before writing the rest.
+  size_t written = 0;
+  auto write_up_to = [&](size_t end) {
+    for (size_t piece = 1; written < end; piece = piece * 3 % 1000003) {
+      size_t n = std::min(end - written, (piece % 7 + 1) * 300 * kKiB + piece % 4096);
+      ASSERT_EQ(::write(fd.get(), pages.data() + written, n), static_cast<ssize_t>(n));
+      written += n;
+    }
+  };
+  write_up_to(20 * kMiB);
+  size_t stored_before_end = 0;
+  for (int i = 0; i < 500 && stored_before_end == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    stored_before_end = other.List("chunks/").value_or(std::vector<std::string>{}).size();
+  }
+  EXPECT_GT(stored_before_end, 0u) << "nothing stored while the image grew";
+  write_up_to(pages.size());
+  fd.reset();
+  WriteOrDie(growing.Join("core-1.img"), core);
+
+  StoreStats stats;
+  std::atomic<uint64_t> reported{0};
+  session.SetProgress([&](uint64_t n) { reported += n; });
+  auto got = session.Finish(&stats);
+  ASSERT_TRUE(got.has_value()) << got.error().ToString();
+  ASSERT_EQ(got->size(), want->size());
+  for (size_t i = 0; i < got->size(); ++i) {
+    EXPECT_EQ((*got)[i].name, (*want)[i].name);
+    EXPECT_EQ((*got)[i].size, (*want)[i].size);
+    ASSERT_EQ((*got)[i].chunks.size(), (*want)[i].chunks.size()) << (*got)[i].name;
+    for (size_t c = 0; c < (*got)[i].chunks.size(); ++c)
+      EXPECT_EQ((*got)[i].chunks[c].hash, (*want)[i].chunks[c].hash) << (*got)[i].name << " " << c;
+  }
+  EXPECT_EQ(stats.bytes, pages.size() + core.size());
+  EXPECT_EQ(reported.load(), pages.size() + core.size()) << "progress before SetProgress is lost";
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(static_cast<size_t>(st.st_size), pages.size());
+  EXPECT_LT(static_cast<uint64_t>(st.st_blocks) * 512, kMiB) << "the image's space stayed";
+  TempDir out;
+  ASSERT_TRUE(FetchImages(*got, kCurrentChunkHash, other, key, out.path()).has_value());
+  EXPECT_TRUE(ReadOrDie(out.Join("pages-1.img")) == pages);
+}
+
+// A memory image that shrinks was not written from start to end: what the
+// session stored of it may be stale, so the session fails.
+TEST(ImageStoreSessionTest, AMemoryImageThatShrinksFailsTheSession) {
+  TempDir images;
+  std::string path = images.Join("pages-1.img");
+  WriteOrDie(path, RandomBytes(12 * kMiB, 50));
+  MemoryStore store;
+  ImageStoreSession session(images.path(), store, TestKey(), kCurrentChunkHash);
+  session.Follow();
+  for (int i = 0; i < 500 && store.List("chunks/").value_or(std::vector<std::string>{}).empty();
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(::truncate(path.c_str(), 3 * kMiB), 0);
+  auto files = session.Finish(nullptr);
+  ASSERT_FALSE(files.has_value());
+  EXPECT_NE(files.error().message().find("shrank"), std::string::npos) << files.error().ToString();
+}
+
+// A dump that failed ends its session unfinished: that must not hang, and
+// what was stored stays unreferenced (for gc).
+TEST(ImageStoreSessionTest, AnUnfinishedSessionStopsWhenDestroyed) {
+  TempDir images;
+  WriteOrDie(images.Join("pages-1.img"), RandomBytes(40 * kMiB, 51));
+  MemoryStore store;
+  {
+    ImageStoreSession session(images.path(), store, TestKey(), kCurrentChunkHash);
+    session.Follow();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(store.List("manifests/").value_or(std::vector<std::string>{"?"}).empty());
 }
 
 TEST_F(ImagesTest, FlippedByteInAChunkIsDetected) {

@@ -146,6 +146,40 @@ Result<std::vector<ImageFile>> StoreImages(const std::string& dir, Store& store,
                                            StoreStats* stats, const ImageProgress& progress = {},
                                            ChunkHash hash = kCurrentChunkHash,
                                            bool consume = false);
+
+// StoreImages for a directory that CRIU is still dumping into: between
+// Follow() and Finish(), a thread stores the memory images (pages-*.img,
+// which CRIU writes from start to end and never rewrites) as they grow,
+// every chunk whose bytes and the bytes that decide its end are written, at
+// the lowest CPU priority, so that CRIU keeps its core and the store uses
+// the one the frozen job leaves idle. Finish(), once the dump is complete,
+// stores the rest at full speed. The file list (and every chunk) is the
+// same as StoreImages of the finished directory would give.
+//
+// Not thread-safe: one thread calls the methods. Destroying a session that
+// was not finished stops it; chunks it stored stay in the store,
+// unreferenced, until `cryo gc`.
+class ImageStoreSession {
+ public:
+  ImageStoreSession(std::string dir, Store& store, const Key& key,
+                    ChunkHash hash = kCurrentChunkHash, bool consume = false);
+  ~ImageStoreSession();
+  ImageStoreSession(const ImageStoreSession&) = delete;
+  ImageStoreSession& operator=(const ImageStoreSession&) = delete;
+
+  // Starts following the directory's memory images.
+  void Follow();
+  // Where progress goes from now on; what was stored before is reported to
+  // it at once.
+  void SetProgress(ImageProgress progress);
+  // The dump is complete: stores what is left, at full priority, and
+  // returns the file list (sorted by name). Once only.
+  Result<std::vector<ImageFile>> Finish(StoreStats* stats);
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
 // Whether FetchImages fetches chunk `chunk` of files[file].
 using ChunkFilter = std::function<bool(size_t file, size_t chunk)>;
 // Fetches every chunk of `files` (named with `hash`), verifies it, and writes
