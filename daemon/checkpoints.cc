@@ -323,6 +323,10 @@ Result<Manifest> CheckpointService::Checkpoint(const Caller& caller, std::string
   bool published_in_commit = false;
   auto commit = [&]() -> Status {
     m.phases["dump"] = MillisSince(start);
+    LogInfo("images dumped", {{"job", job->name},
+                              {"id", m.id},
+                              {"dump_ms", std::to_string(m.phases["dump"])},
+                              {"stop", stop ? "true" : "false"}});
     if (stop) {
       stored = Publish(m, work->images(), *storing, progress);
       published_in_commit = stored.has_value();
