@@ -617,20 +617,29 @@ struct ImageStoreSession::State {
         if (!fd) return std::unexpected(fd.error());
         it = followed.emplace(name, Followed{uploader.AddFile(name), std::move(*fd)}).first;
       }
-      Followed& f = it->second;
-      std::string path = dir + "/" + name;
-      auto size = FileSize(f.fd.get(), path);
-      if (!size) return std::unexpected(size.error());
-      if (*size < f.cut)
-        return Fail(ErrorKind::kInternal, path + " shrank while it was being stored");
-      if (*size - f.cut < kMaxChunk) continue;
-      auto cut = ReadAndCut(f.fd.get(), path, f.file, f.cut, *size, /*last=*/false, buffers,
-                            uploader, consume, &stopping);
-      if (!cut) return std::unexpected(cut.error());
-      cut_any = cut_any || *cut > f.cut;
-      f.cut = *cut;
+      uint64_t before = it->second.cut;
+      if (auto size = CutMore(name, it->second, /*last=*/false); !size) {
+        return std::unexpected(size.error());
+      }
+      cut_any = cut_any || it->second.cut > before;
     }
     return cut_any;
+  }
+
+  // Cuts what there is of image `name` beyond `f.cut` (all of it if `last`,
+  // when the dump is complete) and moves `f.cut` on. Returns the file size.
+  Result<uint64_t> CutMore(const std::string& name, Followed& f, bool last) {
+    std::string path = dir + "/" + name;
+    auto size = FileSize(f.fd.get(), path);
+    if (!size) return std::unexpected(size.error());
+    if (*size < f.cut)
+      return Fail(ErrorKind::kInternal, path + " shrank while it was being stored");
+    if (!last && *size - f.cut < kMaxChunk) return size;
+    auto cut = ReadAndCut(f.fd.get(), path, f.file, f.cut, *size, last, buffers, uploader, consume,
+                          last ? nullptr : &stopping);
+    if (!cut) return std::unexpected(cut.error());
+    f.cut = *cut;
+    return size;
   }
 
   void StopFollowing() {
@@ -660,13 +669,8 @@ struct ImageStoreSession::State {
         fresh = Followed{uploader.AddFile(name), std::move(*fd)};
       }
       Followed& f = fresh ? *fresh : it->second;
-      auto size = FileSize(f.fd.get(), path);
+      auto size = CutMore(name, f, /*last=*/true);
       if (!size) return std::unexpected(size.error());
-      if (*size < f.cut)
-        return Fail(ErrorKind::kInternal, path + " shrank while it was being stored");
-      auto cut = ReadAndCut(f.fd.get(), path, f.file, f.cut, *size, /*last=*/true, buffers,
-                            uploader, consume);
-      if (!cut) return std::unexpected(cut.error());
       uploader.SetSize(f.file, *size);
     }
     if (!uploader.failed() && seen != followed.size()) {
