@@ -45,6 +45,10 @@ struct PageServerIov {
 };
 static_assert(sizeof(PageServerIov) == 32);
 
+// Room in the socket for a whole answer: with the default (about 200 KiB)
+// each answer went out in pieces, each waiting for lazy-pages to read the
+// one before (1 GiB restored in 2.5 s instead of 1.0-1.4 s here).
+constexpr int kSocketBufferBytes = 8 << 20;
 // criu lazy-pages asks for at most 4 MiB at a time (MAX_XFER_LEN in
 // criu/uffd.c); anything larger is not a request of its.
 constexpr uint64_t kMaxRequestPages = (uint64_t{16} << 20) / kPageBytes;
@@ -150,6 +154,12 @@ class Server final : public LazyPageServer {
   ~Server() override { (void)Finish(); }
 
   Status Begin() {
+    // Past net.core.wmem_max as root; capped by it otherwise (either way
+    // only slower).
+    int bytes = kSocketBufferBytes;
+    if (::setsockopt(socket_.get(), SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof bytes) != 0) {
+      (void)::setsockopt(socket_.get(), SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+    }
     try {
       server_ = std::thread([this] { Serve(); });
       for (size_t i = 0; i < FetcherCount(); ++i) fetchers_.emplace_back([this] { Fetch(); });

@@ -108,6 +108,7 @@ cryo_rep() {
   json=$(cryo checkpoint --stop --json bench)
   cryo_total+=("$(elapsed "$t")")
   cryo_frozen+=("$(python3 -c 'import json,sys; p=json.load(sys.stdin)["phases_ms"]; print((p.get("freeze",0)+p["dump"])/1000)' <<<"$json")")
+  cryo_phases=$(python3 -c 'import json,sys; p=json.load(sys.stdin)["phases_ms"]; print(" ".join("%s %.2fs" % (k, v / 1000) for k, v in p.items()))' <<<"$json")
   before_restore
   t=$(now)
   cryo restore -d bench >/dev/null
@@ -131,6 +132,7 @@ for mib in "${sizes[@]}"; do
     if ((rep % 2)); then raw_rep "$mib" && cryo_rep "$mib"; else cryo_rep "$mib" && raw_rep "$mib"; fi
     printf '%5d MiB rep %d: raw dump %.2fs restore %.2fs | cryo frozen %.2fs total %.2fs restore %.2fs (streamed %.2fs)\n' \
       "$mib" "$rep" "${raw_dump[-1]}" "${raw_restore[-1]}" "${cryo_frozen[-1]}" "${cryo_total[-1]}" "${cryo_restore[-1]}" "${cryo_stream[-1]}"
+    printf '%5d MiB rep %d: cryo checkpoint phases: %s\n' "$mib" "$rep" "$cryo_phases"
   done
   rd=$(median "${raw_dump[@]}") rr=$(median "${raw_restore[@]}")
   cf=$(median "${cryo_frozen[@]}") ct=$(median "${cryo_total[@]}") cr=$(median "${cryo_restore[@]}")
