@@ -7,7 +7,7 @@
 #
 #   tests/bench/checkpoint_bench.sh [SIZES_MIB...]     (default: 1024 4096)
 #
-# Environment: REPS (default 3), CRYO_BUILD_DIR (default ./build),
+# Environment: REPS (default 5), CRYO_BUILD_DIR (default ./build),
 # RESTORE_PAUSE (seconds both sides wait between dump and restore, default 5),
 # BENCH_DIR (default /var/tmp; must not be tmpfs to compare like with like:
 # the store and the raw images go there), CRYOD_ARGS (extra cryod flags,
@@ -22,7 +22,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 build=${CRYO_BUILD_DIR:-$top/build}
 criu=${CRYO_CRIU:-/opt/cryo/criu/sbin/criu}
-reps=${REPS:-3}
+reps=${REPS:-5}
 sizes=("$@")
 ((${#sizes[@]})) || sizes=(1024 4096)
 hog=$build/tests/e2e/programs/memory_hog
