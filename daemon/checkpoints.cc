@@ -520,9 +520,21 @@ bool CheckpointService::LazyRestoreWorks() {
       LogWarn("restores will copy every page themselves: CRIU cannot restore lazily here",
               {{"why",
                 works ? "no userfaultfd with non-cooperative events" : works.error().ToString()}});
+    } else {
+      LogInfo("large restores bring memory back through userfaultfd",
+              {{"min_lazy_bytes", std::to_string(options_.lazy_restore_min_bytes.value_or(0))}});
     }
   });
   return lazy_works_;
+}
+
+void CheckpointService::CheckLazyRestoreSoon() {
+  if (!options_.lazy_restore_min_bytes || lazy_check_.joinable()) return;
+  try {
+    lazy_check_ = std::jthread([this] { (void)LazyRestoreWorks(); });
+  } catch (const std::system_error&) {
+    // The first restore asks instead.
+  }
 }
 
 Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& caller,

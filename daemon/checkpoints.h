@@ -15,6 +15,7 @@
 #include <set>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cryo/error.h"
@@ -119,6 +120,11 @@ class CheckpointService {
   // Whether `manifest` is the newest checkpoint of its job.
   bool IsLatest(const Manifest& manifest) { return LatestOf(manifest.job) == manifest.id; }
 
+  // Asks CRIU now, in the background, whether it can restore lazily here,
+  // so that the first restore does not wait for the answer (a `criu swrk`
+  // started and asked: about 50 ms). No-op if lazy restores are off.
+  void CheckLazyRestoreSoon();
+
   Store& store() { return *store_; }
   // Set once at startup, before any request.
   void SetParticipants(CheckpointParticipants* participants) { participants_ = participants; }
@@ -153,6 +159,7 @@ class CheckpointService {
   bool quiesced_ = false;  // Quiesce() holds store_mu_
   std::once_flag lazy_checked_;
   bool lazy_works_ = false;
+  std::jthread lazy_check_;  // last: joined before the rest is destroyed
 };
 
 }  // namespace cryo

@@ -164,6 +164,7 @@ int RealMain(int argc, char** argv) {
   CheckpointService checkpoints(
       **supervisor, std::move(*store), *key, std::move(*scratch),
       {.criu_path = config->criu_path, .lazy_restore_min_bytes = LazyRestoreMinBytes(*config)});
+  checkpoints.CheckLazyRestoreSoon();
   // After a crash or a power loss, chunks that no published checkpoint
   // references may be torn (they are synced only before their manifest is
   // written), and a new checkpoint would reuse them as they are: check them

@@ -1010,6 +1010,25 @@ TEST(Checkpoint, MemoryComesBackByteForByteThroughUserfaultfdOrTheStream) {
   }
 }
 
+// cryod asks CRIU whether it can restore lazily as it starts, not during
+// the first restore (on a fresh machine that is the restore that matters);
+// with --lazy-restore off it does not ask at all.
+TEST(Checkpoint, CryodAsksCriuAtStartWhetherLazyPagesWork) {
+  auto answered = [](const Cryod& d) {
+    std::string log = d.DaemonLog();
+    return log.find("through userfaultfd") != std::string::npos ||
+           log.find("CRIU cannot restore lazily here") != std::string::npos;
+  };
+  {
+    Cryod d({"--lazy-restore", "auto"});
+    EXPECT_TRUE(WaitUntil([&] { return answered(d); }, seconds(10))) << d.DaemonLog();
+  }
+  Cryod off({"--lazy-restore", "off"});
+  ASSERT_EQ(off.Cryo({"ps"}).exit_code, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_FALSE(answered(off)) << off.DaemonLog();
+}
+
 // Runs memory_hog ARGS as job `name`, waits until it is ready and
 // checkpoints it with --stop. The checkpoint's id ("" on failure).
 std::string StoppedMemoryHog(const Cryod& d, const std::string& name,
