@@ -107,8 +107,13 @@ cryo_rep() {
   t=$(now)
   json=$(cryo checkpoint --stop --json bench)
   cryo_total+=("$(elapsed "$t")")
-  cryo_frozen+=("$(python3 -c 'import json,sys; p=json.load(sys.stdin)["phases_ms"]; print((p.get("freeze",0)+p["dump"])/1000)' <<<"$json")")
-  cryo_phases=$(python3 -c 'import json,sys; p=json.load(sys.stdin)["phases_ms"]; print(" ".join("%s %.2fs" % (k, v / 1000) for k, v in p.items()))' <<<"$json")
+  # The frozen time (freeze + dump), then every phase.
+  local frozen
+  { read -r frozen; read -r cryo_phases; } < <(python3 -c 'import json,sys
+p = json.load(sys.stdin)["phases_ms"]
+print((p.get("freeze", 0) + p["dump"]) / 1000)
+print(" ".join("%s %.2fs" % (k, v / 1000) for k, v in p.items()))' <<<"$json")
+  cryo_frozen+=("$frozen")
   before_restore
   t=$(now)
   cryo restore -d bench >/dev/null
