@@ -45,9 +45,12 @@ static_assert((kZeroRunHash << 1) + kGear[0] == kZeroRunHash);
 static_assert((kZeroRunHash & kMaskEasy) != 0 && (kZeroRunHash & kMaskHard) != 0);
 constexpr size_t kZeroBlock = 4096;
 
-// Scans p[from, to) for a cut point under `mask`, updating the gear hash `h`.
-// Returns the chunk length (the cut's offset + 1), or 0 if there is none.
-inline size_t FindCut(const unsigned char* p, size_t from, size_t to, uint64_t mask, uint64_t& h) {
+// Runs the gear hash `h` over p[from, to) and calls on_match(i, hash) for
+// each byte i whose hash meets `mask`, until it returns true; returns
+// whether one did.
+template <typename OnMatch>
+inline bool ScanGear(const unsigned char* p, size_t from, size_t to, uint64_t mask, uint64_t& h,
+                     OnMatch on_match) {
   size_t i = from;
   while (i < to) {
     size_t block_end = std::min(to, i + kZeroBlock);
@@ -63,15 +66,26 @@ inline size_t FindCut(const unsigned char* p, size_t from, size_t to, uint64_t m
       uint64_t g1 = kGear[p[i + 1]];
       uint64_t h0 = (h << 1) + g0;
       h = (h << 2) + ((g0 << 1) + g1);
-      if ((h0 & mask) == 0) return i + 1;
-      if ((h & mask) == 0) return i + 2;
+      if ((h0 & mask) == 0 && on_match(i, h0)) return true;
+      if ((h & mask) == 0 && on_match(i + 1, h)) return true;
     }
     for (; i < block_end; ++i) {
       h = (h << 1) + kGear[p[i]];
-      if ((h & mask) == 0) return i + 1;
+      if ((h & mask) == 0 && on_match(i, h)) return true;
     }
   }
-  return 0;
+  return false;
+}
+
+// Scans p[from, to) for a cut point under `mask`, updating the gear hash `h`.
+// Returns the chunk length (the cut's offset + 1), or 0 if there is none.
+inline size_t FindCut(const unsigned char* p, size_t from, size_t to, uint64_t mask, uint64_t& h) {
+  size_t cut = 0;
+  ScanGear(p, from, to, mask, h, [&](size_t i, uint64_t) {
+    cut = i + 1;
+    return true;
+  });
+  return cut;
 }
 
 }  // namespace
@@ -83,6 +97,39 @@ size_t ChunkLength(const unsigned char* p, size_t n) {
   uint64_t h = 0;  // no cut can fall in the first kMinChunk bytes: skip them
   if (size_t cut = FindCut(p, kMinChunk, normal, kMaskHard, h)) return cut;
   if (size_t cut = FindCut(p, normal, limit, kMaskEasy, h)) return cut;
+  return limit;
+}
+
+bool FindCutCandidates(std::span<const unsigned char> before, const unsigned char* p, size_t n,
+                       size_t base, size_t max_count, std::vector<CutCandidate>& out) {
+  uint64_t h = 0;
+  for (unsigned char b : before.last(std::min(before.size(), kGearWindow - 1))) {
+    h = (h << 1) + kGear[b];
+  }
+  // The hard mask holds the easy one: every hard candidate is an easy one.
+  return !ScanGear(p, 0, n, kMaskEasy, h, [&](size_t i, uint64_t hash) {
+    if (out.size() >= max_count) return true;
+    out.push_back({static_cast<uint32_t>(base + i), (hash & kMaskHard) == 0});
+    return false;
+  });
+}
+
+size_t ChunkLengthFrom(const unsigned char* p, size_t n, std::span<const CutCandidate> candidates,
+                       size_t base) {
+  // Up to here, the hash ChunkLength computes from p[kMinChunk] on differs
+  // from the one over the last kGearWindow bytes: hash those bytes again.
+  constexpr size_t kFirstWindowed = kMinChunk + kGearWindow - 1;
+  if (n <= kFirstWindowed) return ChunkLength(p, n);
+  size_t limit = std::min(n, kMaxChunk);
+  size_t normal = std::min(limit, kNormalChunk);
+  uint64_t h = 0;
+  if (size_t cut = FindCut(p, kMinChunk, kFirstWindowed, kMaskHard, h)) return cut;
+  for (const CutCandidate& c : candidates) {
+    if (c.pos < base + kFirstWindowed) continue;
+    size_t i = c.pos - base;
+    if (i >= limit) break;
+    if (i >= normal || c.hard) return i + 1;
+  }
   return limit;
 }
 

@@ -24,6 +24,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <functional>
+#include <latch>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -35,6 +37,7 @@
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
+#include <variant>
 
 #include "buffer_pool.h"
 #include "chunker.h"
@@ -314,26 +317,41 @@ struct ChunkTask {
   size_t order;  // position among all chunks of the call
 };
 
-// A bounded queue, so the cutter stays close to the workers and the bytes it
-// read are still in cache when they are hashed.
+// Work for the workers: a chunk to store, or a part of the search for cut
+// points.
+using UploadJob = std::variant<ChunkTask, std::function<void()>>;
+
+// A bounded queue of chunks, so the cutter stays close to the workers and
+// the bytes it read are still in cache when they are hashed; searches for
+// cut points, which the cutter waits for, go first and are not counted.
 class ChunkQueue {
  public:
   explicit ChunkQueue(size_t capacity) : capacity_(capacity) {}
   void Push(ChunkTask task) {
     std::unique_lock lock(mu_);
-    not_full_.wait(lock, [&] { return items_.size() < capacity_; });
-    items_.push_back(std::move(task));
+    not_full_.wait(lock, [&] { return chunks_.size() < capacity_; });
+    chunks_.push_back(std::move(task));
+    not_empty_.notify_one();
+  }
+  void PushUrgent(std::function<void()> job) {
+    std::lock_guard lock(mu_);
+    urgent_.push_back(std::move(job));
     not_empty_.notify_one();
   }
   // nullopt once the queue is closed and drained.
-  std::optional<ChunkTask> Pop() {
+  std::optional<UploadJob> Pop() {
     std::unique_lock lock(mu_);
-    not_empty_.wait(lock, [&] { return !items_.empty() || closed_; });
-    if (items_.empty()) return std::nullopt;
-    ChunkTask task = std::move(items_.front());
-    items_.pop_front();
+    not_empty_.wait(lock, [&] { return !chunks_.empty() || !urgent_.empty() || closed_; });
+    if (!urgent_.empty()) {
+      UploadJob job = std::move(urgent_.front());
+      urgent_.pop_front();
+      return job;
+    }
+    if (chunks_.empty()) return std::nullopt;
+    UploadJob job = std::move(chunks_.front());
+    chunks_.pop_front();
     not_full_.notify_one();
-    return task;
+    return job;
   }
   void Close() {
     std::lock_guard lock(mu_);
@@ -346,8 +364,86 @@ class ChunkQueue {
   std::mutex mu_;
   std::condition_variable not_empty_;
   std::condition_variable not_full_;
-  std::deque<ChunkTask> items_;
+  std::deque<ChunkTask> chunks_;
+  std::deque<std::function<void()>> urgent_;
   bool closed_ = false;
+};
+
+// Reading bytes of an image file into a buffer and searching them for cut
+// candidates (FindCutCandidates), in parts that the workers and the cutting
+// thread take as they come: the copying out of the page cache and the
+// search are shared by every core.
+struct PartsRead {
+  static constexpr size_t kPartBytes = size_t{1} << 20;
+  // More than one candidate per this many bytes (random data has one per
+  // ~128 KiB) and a part is cut one byte after another instead.
+  static constexpr size_t kDensestBytes = 256;
+
+  // Bytes [offset, offset + n) of the file `path`, open at `fd`, go to
+  // buffer + pos.
+  PartsRead(int file_fd, std::string file_path, uint64_t file_offset, char* to, size_t to_pos,
+            size_t bytes)
+      : fd(file_fd),
+        path(std::move(file_path)),
+        offset(file_offset),
+        buffer(to),
+        pos(to_pos),
+        n(bytes),
+        parts((n + kPartBytes - 1) / kPartBytes),
+        found(parts),
+        complete(parts, 1),
+        status(parts),
+        done(static_cast<ptrdiff_t>(parts)) {}
+
+  // Reads and searches parts until none is left.
+  void Run() {
+    for (size_t k; (k = next.fetch_add(1)) < parts;) {
+      status[k] = ReadPart(k);
+      done.count_down();
+    }
+  }
+
+  Status ReadPart(size_t k) {
+    size_t from = k * kPartBytes;
+    size_t len = std::min(n - from, kPartBytes);
+    uint64_t at = offset + from;
+    // The bytes before the part, for the hash: read again from the file
+    // rather than from the buffer, where another thread may be putting them.
+    std::array<unsigned char, kGearWindow - 1> before;
+    size_t before_len = static_cast<size_t>(std::min<uint64_t>(at, before.size()));
+    if (auto r = PreadAll(before.data(), before_len, at - before_len); !r) return r;
+    auto* dest = reinterpret_cast<unsigned char*>(buffer + pos + from);
+    if (auto r = PreadAll(dest, len, at); !r) return r;
+    complete[k] = FindCutCandidates({before.data(), before_len}, dest, len, pos + from,
+                                    len / kDensestBytes + 8, found[k]);
+    return {};
+  }
+
+  Status PreadAll(unsigned char* dest, size_t len, uint64_t at) {
+    while (len > 0) {
+      ssize_t got = ::pread(fd, dest, len, static_cast<off_t>(at));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) return SysFail("read " + path);
+      if (got == 0) return Fail(ErrorKind::kInternal, path + " shrank while it was being stored");
+      dest += got;
+      len -= static_cast<size_t>(got);
+      at += static_cast<uint64_t>(got);
+    }
+    return {};
+  }
+
+  const int fd;
+  const std::string path;
+  const uint64_t offset;
+  char* const buffer;
+  const size_t pos;
+  const size_t n;
+  const size_t parts;
+  std::vector<std::vector<CutCandidate>> found;  // per part
+  std::vector<char> complete;                    // per part
+  std::vector<Status> status;                    // per part
+  std::atomic<size_t> next{0};
+  std::latch done;
 };
 
 class ImageUploader {
@@ -371,18 +467,52 @@ class ImageUploader {
   // the end of its last chunk so far, held by `buffer`, and queues them.
   // Unless `last` (the window reaches the end of the file), stops where a cut
   // could depend on bytes beyond the window. Returns the bytes it cut.
-  size_t Cut(size_t file, std::string_view window, const std::shared_ptr<char>& buffer, bool last) {
+  // With `candidates`, every cut candidate in the window, cuts from them;
+  // their positions count from `window.data() - base`.
+  size_t Cut(size_t file, std::string_view window, const std::shared_ptr<char>& buffer, bool last,
+             const std::vector<CutCandidate>* candidates, size_t base) {
     const auto* p = reinterpret_cast<const unsigned char*>(window.data());
     size_t offset = 0;
+    size_t next = 0;  // the first candidate at or after `offset`
     while (offset < window.size() && !errors_.failed()) {
       size_t left = window.size() - offset;
       if (!last && left < kMaxChunk) break;
-      size_t len = ChunkLength(p + offset, left);
+      size_t len;
+      if (candidates == nullptr) {
+        len = ChunkLength(p + offset, left);
+      } else {
+        const auto& c = *candidates;
+        len = ChunkLengthFrom(p + offset, left, std::span(c).subspan(next), base + offset);
+        while (next < c.size() && c[next].pos < base + offset + len) ++next;
+      }
       queue_.Push({window.substr(offset, len), buffer, file, next_index_[file]++, order_++});
       offset += len;
     }
     return offset;
   }
+
+  // Starts `read`: the workers take its parts before any chunk.
+  void StartRead(const std::shared_ptr<PartsRead>& read) {
+    for (size_t i = 0; i < std::min(read->parts, workers_.size()); ++i) {
+      queue_.PushUrgent([read] { read->Run(); });
+    }
+  }
+  // Takes the parts of `read` no worker took yet and waits for the others;
+  // appends the candidates found to `out`. Returns whether it found them
+  // all (false: too many to keep).
+  Result<bool> FinishRead(PartsRead& read, std::vector<CutCandidate>& out) {
+    read.Run();
+    read.done.wait();
+    for (const Status& s : read.status) {
+      if (!s) return std::unexpected(s.error());
+    }
+    for (size_t k = 0; k < read.parts; ++k) {
+      if (!read.complete[k]) return false;
+      out.insert(out.end(), read.found[k].begin(), read.found[k].end());
+    }
+    return true;
+  }
+
   // Records an error of the cutting thread (after those of chunks cut so far).
   void SetError(Error error) { errors_.Set(order_, std::move(error)); }
   bool failed() const { return errors_.failed(); }
@@ -436,7 +566,12 @@ class ImageUploader {
     }
     ZstdCCtx cctx(ZSTD_createCCtx());
     std::string encoded;
-    while (auto task = queue_.Pop()) {
+    while (auto job = queue_.Pop()) {
+      if (auto* search = std::get_if<std::function<void()>>(&*job)) {
+        (*search)();  // even after an error: the cutter waits for it
+        continue;
+      }
+      auto* task = std::get_if<ChunkTask>(&*job);
       if (errors_.failed()) continue;  // drain
       if (auto s = Upload(*task, cctx.get(), encoded); !s) {
         errors_.Set(task->order, s.error().WithContext("image " + FileName(task->file) +
@@ -509,7 +644,7 @@ class ImageUploader {
 
 // Image files are read into buffers this many at a time: the one being cut,
 // the next, and those whose chunks the workers still hash.
-constexpr size_t kReadBuffers = 4;
+constexpr size_t kReadBuffers = 5;
 
 Result<UniqueFd> OpenImage(const std::string& path, bool consume) {
   auto fd = OpenFile(path, (consume ? O_RDWR : O_RDONLY) | O_NOFOLLOW);
@@ -526,6 +661,23 @@ Result<uint64_t> FileSize(int fd, const std::string& path) {
   return static_cast<uint64_t>(st.st_size);
 }
 
+// A buffer's bytes of an image file, from the start of a chunk: those
+// carried over from the buffer before, which end at kCarryRoom, then those
+// read into it.
+struct Window {
+  static constexpr size_t kCarryRoom = kMaxChunk;
+
+  std::shared_ptr<char> buffer;
+  size_t begin = kCarryRoom;  // in the buffer
+  size_t end = kCarryRoom;
+  uint64_t offset = 0;                   // in the file, of the byte at `begin`
+  std::vector<CutCandidate> candidates;  // positions in the buffer
+  bool carried_complete = true;          // whether those of the carried bytes are all there
+  std::shared_ptr<PartsRead> read;       // of the bytes from kCarryRoom on
+
+  std::string_view bytes() const { return {buffer.get() + begin, end - begin}; }
+};
+
 // Reads bytes [from, size) of the image file `path`, open at `fd` (number
 // `file`), into buffers of `buffers` and cuts them into chunks for
 // `uploader`; each buffer's last partial chunk starts the next. `from` is
@@ -533,36 +685,71 @@ Result<uint64_t> FileSize(int fd, const std::string& path) {
 // file; otherwise stops where a cut could depend on bytes beyond `size`.
 // With `consume`, the bytes cut are given back (hole punching). Stops early
 // once `*stop` is set. Returns the offset where the last chunk it cut ends.
+//
+// The next buffer is read and searched for cut points while this one is
+// cut, by the workers and this thread: the cutting itself is then quick,
+// and no core waits for the other.
 Result<uint64_t> ReadAndCut(int fd, const std::string& path, size_t file, uint64_t from,
                             uint64_t size, bool last, BufferPool& buffers, ImageUploader& uploader,
                             bool consume, const std::atomic<bool>* stop = nullptr) {
-  std::shared_ptr<char> buffer = buffers.Take();
-  uint64_t offset = from;  // of the buffer's first byte in the file
-  size_t have = 0;         // bytes in the buffer
+  uint64_t read_to = from;
+  // A window for the next bytes of the file, being read.
+  auto start_window = [&] {
+    Window w{.buffer = buffers.Take()};
+    size_t n = static_cast<size_t>(
+        std::min<uint64_t>(BufferPool::kBufferBytes - Window::kCarryRoom, size - read_to));
+    w.end = Window::kCarryRoom + n;
+    w.read = std::make_shared<PartsRead>(fd, path, read_to, w.buffer.get(), Window::kCarryRoom, n);
+    uploader.StartRead(w.read);
+    read_to += n;
+    return w;
+  };
+  Window cur = start_window();
+  cur.offset = from;
   for (;;) {
-    while (have < BufferPool::kBufferBytes && offset + have < size) {
-      size_t want = static_cast<size_t>(
-          std::min<uint64_t>(BufferPool::kBufferBytes - have, size - offset - have));
-      ssize_t n = ::pread(fd, buffer.get() + have, want, static_cast<off_t>(offset + have));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return SysFail("read " + path);
-      if (n == 0) return Fail(ErrorKind::kInternal, path + " shrank while it was being stored");
-      have += static_cast<size_t>(n);
+    bool end = read_to == size;
+    std::optional<Window> next;
+    if (!end) next = start_window();
+    auto complete = uploader.FinishRead(*cur.read, cur.candidates);
+    if (!complete) {
+      // The next window's parts must not outlive this call's file.
+      if (next) (void)uploader.FinishRead(*next->read, next->candidates);
+      return std::unexpected(complete.error());
     }
-    bool end = offset + have == size;
-    size_t cut = uploader.Cut(file, {buffer.get(), have}, buffer, last && end);
+    bool all = *complete && cur.carried_complete;
+    size_t cut = uploader.Cut(file, cur.bytes(), cur.buffer, last && end,
+                              all ? &cur.candidates : nullptr, cur.begin);
     if (consume && cut > 0) {
       // The bytes are in the buffer: give the file's memory back now, so
       // that the chunks written next reuse it while it is still warm.
-      (void)::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
-                        static_cast<off_t>(cut));
+      (void)::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                        static_cast<off_t>(cur.offset), static_cast<off_t>(cut));
     }
-    if (end || uploader.failed() || (stop != nullptr && stop->load())) return offset + cut;
-    std::shared_ptr<char> next = buffers.Take();
-    std::memcpy(next.get(), buffer.get() + cut, have - cut);
-    offset += cut;
-    have -= cut;
-    buffer = std::move(next);
+    if (end || uploader.failed() || (stop != nullptr && stop->load())) {
+      if (next) (void)uploader.FinishRead(*next->read, next->candidates);
+      return cur.offset + cut;
+    }
+    // What follows the last cut (less than kMaxChunk, see Cut) goes just
+    // before the bytes being read, with its candidates.
+    size_t carry = cur.bytes().size() - cut;
+    size_t carry_from = cur.begin + cut;  // in cur's buffer
+    next->begin = Window::kCarryRoom - carry;
+    next->offset = cur.offset + cut;
+    std::memcpy(next->buffer.get() + next->begin, cur.buffer.get() + carry_from, carry);
+    if (all) {
+      for (const CutCandidate& c : cur.candidates) {
+        if (c.pos >= carry_from)
+          next->candidates.push_back(
+              {static_cast<uint32_t>(c.pos - carry_from + next->begin), c.hard});
+      }
+    } else {
+      // The search gave up in this window: search the carried bytes again.
+      const auto* carried =
+          reinterpret_cast<const unsigned char*>(next->buffer.get() + next->begin);
+      next->carried_complete = FindCutCandidates(
+          {}, carried, carry, next->begin, carry / PartsRead::kDensestBytes + 8, next->candidates);
+    }
+    cur = std::move(*next);
   }
 }
 

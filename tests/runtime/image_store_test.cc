@@ -277,6 +277,56 @@ TEST(StoreImagesTest, FilesLargerThanAReadBufferAreCutAsAWhole) {
   EXPECT_TRUE(ReadOrDie(out.Join("pages-1.img")) == data);
 }
 
+// The store searches for cut points in parallel, over 1 MiB parts of each
+// buffer, and falls back to cutting byte by byte where they are too dense
+// to keep. Whatever the data, its chunks are those of ChunkBoundaries.
+TEST(StoreImagesTest, ChunksCutInParallelAreThoseOfChunkBoundaries) {
+  // Repeating 92 7a 00 makes every third byte a place where a chunk may end
+  // (found by search; the chunk sizes below check that it still does).
+  std::string dense;
+  while (dense.size() < 3 * kMiB) dense += std::string("\x92\x7a\0", 3);
+  std::string text;
+  const std::string line = "The quick brown fox jumps over the lazy dog, 0123456789.\n";
+  while (text.size() < 4 * kMiB) text += line;
+  std::string data = RandomBytes(36 * kMiB + 3, 31);
+  // The parts are searched apart (1 MiB each), each after hashing the bytes
+  // before it. Before a part, these 63 bytes make its first candidate the
+  // 31st byte of the dense ones after them, not the 63rd (found by search):
+  // the cuts there tell if it did not.
+  const std::string before_part = RandomBytes(63, 4968);
+  for (size_t part = kMiB; part + 200 < data.size(); part += kMiB) {
+    data.replace(part - before_part.size(), before_part.size(), before_part);
+    data.replace(part, 200, dense.substr(0, 200));
+  }
+  data.replace(3 * kMiB + 17, 3 * kMiB - 17, dense.substr(0, 3 * kMiB - 17));
+  // Dense up to where the second buffer's reading ends (each reads 7 MiB
+  // after what it carries over): what it carries into the third must be
+  // searched again.
+  data.replace(13 * kMiB, kMiB, dense.substr(0, kMiB));
+  data.replace(22 * kMiB + 5, text.size(), text);
+  data.replace(29 * kMiB, 2 * kMiB, std::string(2 * kMiB, '\0'));
+  data.replace(32 * kMiB + kMiB / 2, 2 * kMiB, dense.substr(0, 2 * kMiB));
+  std::vector<size_t> want = ChunkBoundaries(data);
+  size_t small = 0;
+  for (size_t i = 1; i < want.size(); ++i) small += want[i] - want[i - 1] < 65 * kKiB;
+  EXPECT_GT(small, 70u) << "the dense pattern no longer makes dense cut points";
+
+  TempDir images;
+  WriteOrDie(images.Join("pages-1.img"), data);
+  MemoryStore store;
+  Key key = TestKey();
+  auto files = StoreImages(images.path(), store, key, nullptr);
+  ASSERT_TRUE(files.has_value()) << files.error().ToString();
+  ASSERT_EQ(files->size(), 1u);
+  std::vector<size_t> ends;
+  uint64_t end = 0;
+  for (const auto& chunk : (*files)[0].chunks) ends.push_back(end += chunk.size);
+  EXPECT_EQ(ends, want);
+  TempDir out;
+  ASSERT_TRUE(FetchImages(*files, kCurrentChunkHash, store, key, out.path()).has_value());
+  EXPECT_TRUE(ReadOrDie(out.Join("pages-1.img")) == data);
+}
+
 // Consuming the images gives the same chunks, and leaves the files holes
 // of their size: their space went back as they were read.
 TEST(StoreImagesTest, ConsumedImagesGiveTheSameChunksAndTheirSpaceBack) {
