@@ -66,7 +66,8 @@ class Session {
                        .argv = {"criu", "--no-default-config", "swrk", std::to_string(kSwrkFd)},
                        .env = kCriuEnv,
                        .fds = {{kSwrkFd, theirs.get()}},
-                       .cgroup_procs = cgroup_procs};
+                       .cgroup_procs = cgroup_procs,
+                       .own_process_group = true};
     int next = kFirstInheritFd;
     for (const auto& [key, fd] : inherit) spawn.fds.push_back({next++, fd});
     auto child = Spawn(spawn);
@@ -86,6 +87,7 @@ class Session {
   }
 
   Result<criu_resp> Receive() {
+    WaitForAnswer();
     std::string buf(kMaxMessage, '\0');
     ssize_t n;
     do {
@@ -129,15 +131,43 @@ class Session {
     sock_.reset();
     if (child_.pidfd.valid()) {
       // CRIU exits once its socket closes; reap it (in cryod a reaper thread
-      // may get there first, which is as good).
+      // may get there first, which is as good), and whatever it left.
       pollfd p{child_.pidfd.get(), POLLIN, 0};
       ::poll(&p, 1, 10000);
+      EndLeftovers();
       ::waitpid(child_.pid, nullptr, WNOHANG);
     }
   }
   Session(Session&&) = default;
 
  private:
+  // Waits until CRIU's socket has something to read, or CRIU is gone. A
+  // CRIU killed in the middle of a dump can leave a child of its own (a
+  // helper it forked, sleeping in a loop) that holds the socket open: no
+  // end of file would ever come, and the frozen job would stay frozen. So
+  // once CRIU itself exits, what it left is ended, and with it the socket.
+  void WaitForAnswer() {
+    if (!child_.pidfd.valid()) return;
+    for (;;) {
+      pollfd p[2] = {{sock_.get(), POLLIN, 0}, {child_.pidfd.get(), POLLIN, 0}};
+      int n = ::poll(p, 2, -1);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 || p[0].revents != 0) return;
+      if (p[1].revents != 0) {
+        EndLeftovers();
+        return;
+      }
+    }
+  }
+
+  // Kills what is left of CRIU's process group (Spawn made it one): the
+  // helpers of a CRIU that is gone. CRIU's own pid still names the group,
+  // which no other process can lead while one of them lives.
+  void EndLeftovers() {
+    pollfd p{child_.pidfd.get(), POLLIN, 0};
+    if (::poll(&p, 1, 0) == 1) (void)::kill(-child_.pid, SIGKILL);
+  }
+
   Session(UniqueFd sock, Spawned child) : sock_(std::move(sock)), child_(std::move(child)) {}
   UniqueFd sock_;
   Spawned child_;

@@ -192,6 +192,7 @@ Result<Spawned> Spawn(const SpawnOptions& options) {
       if (cg < 0 || ::write(cg, "0", 1) != 1) ChildFail(efd, errno);
       ::close(cg);
     }
+    if (options.own_process_group && ::setpgid(0, 0) != 0) ChildFail(efd, errno);
     struct sigaction dfl {};
     dfl.sa_handler = SIG_DFL;
     for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);

@@ -50,6 +50,10 @@ struct SpawnOptions {
   // If set, the child runs in this cgroup (its cgroup.procs file) from
   // birth where the kernel allows, or moves itself there before exec.
   std::string cgroup_procs;
+  // The child leads a process group of its own, whose id is its pid: what
+  // it forks can then be signalled with it (kill(-pid, ...)), even once it
+  // is gone.
+  bool own_process_group = false;
 };
 
 // A child process and its pidfd (from clone3, so no pid-reuse window).
