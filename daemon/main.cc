@@ -13,7 +13,6 @@
 #include <thread>
 
 #include "checkpoints.h"
-#include "criu_run_dir.h"
 #include "cryo/config.h"
 #include "cryo/file_util.h"
 #include "cryo/image_store.h"
@@ -128,11 +127,6 @@ int RealMain(int argc, char** argv) {
   if (::access(config->criu_path.c_str(), X_OK) != 0) {
     LogWarn("CRIU not found; checkpoints will fail (run tools/setup.sh)",
             {{"criu", config->criu_path}});
-  }
-  if (auto s = PrepareCriuRunDir(std::string(kCriuRunDir)); !s) {
-    LogError("cannot prepare the directory of CRIU's kernel cache",
-             {{"error", s.error().ToString()}});
-    return 1;
   }
   auto monitor = FindHelper("cryo-monitor");
   auto init = FindHelper("cryo-init");
