@@ -7,8 +7,8 @@ namespace cryo {
 namespace {
 
 // Buffers kept by the process between uses: enough for two checkpoints at
-// once (64 MiB).
-constexpr size_t kKeptBuffers = 8;
+// once (5 each, image_store.cc's kReadBuffers: 80 MiB).
+constexpr size_t kKeptBuffers = 10;
 
 std::mutex kept_mu;
 std::vector<std::unique_ptr<char[]>>& Kept() {

@@ -87,12 +87,15 @@ class Session {
   }
 
   Result<criu_resp> Receive() {
-    WaitForAnswer();
+    // Once CRIU is gone, its answer is queued already (its main process
+    // sends them all): whoever else still holds the socket, do not wait.
+    int flags = MSG_TRUNC | (WaitForAnswer() ? MSG_DONTWAIT : 0);
     std::string buf(kMaxMessage, '\0');
     ssize_t n;
     do {
-      n = ::recv(sock_.get(), buf.data(), buf.size(), MSG_TRUNC);
+      n = ::recv(sock_.get(), buf.data(), buf.size(), flags);
     } while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) n = 0;
     if (n < 0) return SysFail("receive from CRIU");
     if (n == 0) return Fail(ErrorKind::kInternal, "CRIU ended the session without an answer");
     if (static_cast<size_t>(n) > buf.size())
@@ -146,23 +149,28 @@ class Session {
   // helper it forked, sleeping in a loop) that holds the socket open: no
   // end of file would ever come, and the frozen job would stay frozen. So
   // once CRIU itself exits, what it left is ended, and with it the socket.
-  void WaitForAnswer() {
-    if (!child_.pidfd.valid()) return;
+  // Returns whether CRIU has exited.
+  bool WaitForAnswer() {
+    if (!child_.pidfd.valid()) return false;
     for (;;) {
       pollfd p[2] = {{sock_.get(), POLLIN, 0}, {child_.pidfd.get(), POLLIN, 0}};
       int n = ::poll(p, 2, -1);
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0 || p[0].revents != 0) return;
+      if (n < 0 || p[0].revents != 0) return false;
       if (p[1].revents != 0) {
         EndLeftovers();
-        return;
+        return true;
       }
     }
   }
 
   // Kills what is left of CRIU's process group (Spawn made it one): the
   // helpers of a CRIU that is gone. CRIU's own pid still names the group,
-  // which no other process can lead while one of them lives.
+  // which no other process can lead while one of them lives (an empty
+  // group's number could be reused in the moment after a reaper took CRIU:
+  // cyclic pid allocation makes that practically unreachable). Restored
+  // tasks are never in it: cryo-init leads its own session, and cryo never
+  // asks for shell_job, which would put them into CRIU's group.
   void EndLeftovers() {
     pollfd p{child_.pidfd.get(), POLLIN, 0};
     if (::poll(&p, 1, 0) == 1) (void)::kill(-child_.pid, SIGKILL);

@@ -709,7 +709,8 @@ Result<uint64_t> ReadAndCut(int fd, const std::string& path, size_t file, uint64
   for (;;) {
     bool end = read_to == size;
     std::optional<Window> next;
-    if (!end) next = start_window();
+    bool stopping = uploader.failed() || (stop != nullptr && stop->load());
+    if (!end && !stopping) next = start_window();
     auto complete = uploader.FinishRead(*cur.read, cur.candidates);
     if (!complete) {
       // The next window's parts must not outlive this call's file.
@@ -725,7 +726,7 @@ Result<uint64_t> ReadAndCut(int fd, const std::string& path, size_t file, uint64
       (void)::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
                         static_cast<off_t>(cur.offset), static_cast<off_t>(cut));
     }
-    if (end || uploader.failed() || (stop != nullptr && stop->load())) {
+    if (end || stopping || uploader.failed() || (stop != nullptr && stop->load())) {
       if (next) (void)uploader.FinishRead(*next->read, next->candidates);
       return cur.offset + cut;
     }
