@@ -252,29 +252,35 @@ TEST_F(ImagesTest, StoreThenFetchRoundTripsEveryRegularFile) {
   EXPECT_EQ(ListDir(out.path()), names);
 }
 
-// Files are read a buffer (8 MiB) at a time: their chunks must be those of
-// the whole file, wherever the buffers end, and every byte must survive.
-TEST(StoreImagesTest, FilesLargerThanAReadBufferAreCutAsAWhole) {
+// Stores `data` as the pages image of a checkpoint: its chunks must end at
+// `ends`, and it must come back whole.
+void ExpectStoredAsChunks(const std::string& data, const std::vector<size_t>& ends) {
   TempDir images;
-  std::string data;
-  for (uint64_t i = 0; data.size() < 27 * kMiB; ++i) {
-    data += RandomBytes((i * 7919 + 1) % (3 * kMiB), i);
-    data += std::string((i * 104729) % (2 * kMiB), '\0');
-  }
-  data += RandomBytes(12345, 99);
   WriteOrDie(images.Join("pages-1.img"), data);
   MemoryStore store;
   Key key = TestKey();
   auto files = StoreImages(images.path(), store, key, nullptr);
   ASSERT_TRUE(files.has_value()) << files.error().ToString();
   ASSERT_EQ(files->size(), 1u);
-  std::vector<size_t> ends;
+  std::vector<size_t> got;
   uint64_t end = 0;
-  for (const auto& chunk : (*files)[0].chunks) ends.push_back(end += chunk.size);
-  EXPECT_EQ(ends, ChunkBoundaries(data));
+  for (const auto& chunk : (*files)[0].chunks) got.push_back(end += chunk.size);
+  EXPECT_EQ(got, ends);
   TempDir out;
   ASSERT_TRUE(FetchImages(*files, kCurrentChunkHash, store, key, out.path()).has_value());
   EXPECT_TRUE(ReadOrDie(out.Join("pages-1.img")) == data);
+}
+
+// Files are read a buffer (8 MiB) at a time: their chunks must be those of
+// the whole file, wherever the buffers end, and every byte must survive.
+TEST(StoreImagesTest, FilesLargerThanAReadBufferAreCutAsAWhole) {
+  std::string data;
+  for (uint64_t i = 0; data.size() < 27 * kMiB; ++i) {
+    data += RandomBytes((i * 7919 + 1) % (3 * kMiB), i);
+    data += std::string((i * 104729) % (2 * kMiB), '\0');
+  }
+  data += RandomBytes(12345, 99);
+  ExpectStoredAsChunks(data, ChunkBoundaries(data));
 }
 
 // The store searches for cut points in parallel, over 1 MiB parts of each
@@ -310,21 +316,7 @@ TEST(StoreImagesTest, ChunksCutInParallelAreThoseOfChunkBoundaries) {
   size_t small = 0;
   for (size_t i = 1; i < want.size(); ++i) small += want[i] - want[i - 1] < 65 * kKiB;
   EXPECT_GT(small, 70u) << "the dense pattern no longer makes dense cut points";
-
-  TempDir images;
-  WriteOrDie(images.Join("pages-1.img"), data);
-  MemoryStore store;
-  Key key = TestKey();
-  auto files = StoreImages(images.path(), store, key, nullptr);
-  ASSERT_TRUE(files.has_value()) << files.error().ToString();
-  ASSERT_EQ(files->size(), 1u);
-  std::vector<size_t> ends;
-  uint64_t end = 0;
-  for (const auto& chunk : (*files)[0].chunks) ends.push_back(end += chunk.size);
-  EXPECT_EQ(ends, want);
-  TempDir out;
-  ASSERT_TRUE(FetchImages(*files, kCurrentChunkHash, store, key, out.path()).has_value());
-  EXPECT_TRUE(ReadOrDie(out.Join("pages-1.img")) == data);
+  ExpectStoredAsChunks(data, want);
 }
 
 // Consuming the images gives the same chunks, and leaves the files holes
