@@ -30,6 +30,9 @@ using shim::Message;
 
 // A connection must say what it is promptly.
 constexpr int kFirstMessageTimeoutSeconds = 5;
+// How long a connection from a job that is still starting waits for it to
+// run: a program may call in before cryod has read its start report.
+constexpr auto kStartWait = std::chrono::seconds(10);
 // A report's sender closes right after our answer; it must be closed before
 // the freeze (a report socket would make the dump fail).
 constexpr int kReportCloseTimeoutMs = 5000;
@@ -168,7 +171,7 @@ void ShimService::Serve(UniqueFd fd) {
   auto first = ReadMessage(fd.get());
   if (!first) return;
   // Only a process of a running job counts, and only for that job.
-  auto job = supervisor_.JobOfProcess(pid);
+  auto job = supervisor_.JobOfProcess(pid, kStartWait);
   if (!job || !Alive(pidfd.get())) {
     LogDebug("shim connection from outside any job refused", {{"pid", std::to_string(pid)}});
     if (first->type == shim::kTermReport) (void)WriteAll(fd.get(), std::string(1, shim::kRefused));

@@ -367,19 +367,31 @@ std::vector<std::string> Supervisor::ShimArgs(const JobRecord& job) const {
           "--env", std::string(shim::kEnvMode) + "=" + std::string(OnSigtermName(job.on_sigterm))};
 }
 
-std::optional<JobRecord> Supervisor::JobOfProcess(pid_t pid) {
-  std::lock_guard lock(mu_);
+std::optional<JobRecord> Supervisor::JobOfProcess(pid_t pid, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
   std::string needle = std::to_string(pid);
+  std::string found;
   for (const auto& [id, job] : jobs_) {
-    if (job.state != JobState::kRunning || job.cgroup.empty()) continue;
+    if ((job.state != JobState::kRunning && job.state != JobState::kStarting) ||
+        job.cgroup.empty())
+      continue;
     auto procs = ReadFileToString(job.cgroup + "/cgroup.procs");
     if (!procs) continue;
     std::istringstream lines(*procs);
-    for (std::string line; std::getline(lines, line);) {
-      if (line == needle) return job;
+    for (std::string line; std::getline(lines, line) && found.empty();) {
+      if (line == needle) found = id;
     }
+    if (!found.empty()) break;
   }
-  return std::nullopt;
+  if (found.empty()) return std::nullopt;
+  // The program runs before Launch has read the start report.
+  changed_.wait_for(lock, timeout, [&] {
+    auto it = jobs_.find(found);
+    return it == jobs_.end() || it->second.state != JobState::kStarting;
+  });
+  auto it = jobs_.find(found);
+  if (it == jobs_.end() || it->second.state != JobState::kRunning) return std::nullopt;
+  return it->second;
 }
 
 void Supervisor::SetNotice(const std::string& id, const std::string& notice) {
@@ -439,6 +451,7 @@ Result<JobRecord> Supervisor::Launch(const Caller& caller, JobRecord job,
     std::lock_guard lock(mu_);
     jobs_.erase(job.id);
     (void)table_.Remove(job.id);
+    changed_.notify_all();
     return std::unexpected(std::move(e));
   };
   std::string dir = table_.JobDir(job.id);
@@ -474,6 +487,7 @@ Result<JobRecord> Supervisor::Launch(const Caller& caller, JobRecord job,
 
   std::lock_guard lock(mu_);
   jobs_[job.id] = job;
+  changed_.notify_all();
   if (auto s = table_.Save(job); !s)
     LogError("cannot save job record", {{"error", s.error().ToString()}});
   Watch(job, std::move(monitor->pidfd));

@@ -83,7 +83,9 @@ class Supervisor {
   // talking to cryod's shim socket at `shim_socket`.
   void EnableShim(std::string preload_path, std::string shim_socket);
   // The running job process `pid` (a host pid) belongs to, by its cgroup.
-  std::optional<JobRecord> JobOfProcess(pid_t pid);
+  // A job's program runs before cryod has read its start report: for a
+  // job still starting this waits up to `timeout` for it to run.
+  std::optional<JobRecord> JobOfProcess(pid_t pid, std::chrono::milliseconds timeout);
   // Sets the job's notice (shown by `cryo ps`); empty clears it.
   void SetNotice(const std::string& id, const std::string& notice);
 

@@ -18,6 +18,7 @@
 //     --forever        count forever instead of 5 ticks
 // SIGUSR1 makes it call cryo_checkpoint() (again).
 #include <cryo.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,8 +86,12 @@ int main(int argc, char** argv) {
 
   // No checkpoint is taken between hold and release (for at most
   // CRYO_HOLD_BOUND_MS): a checkpoint requested meanwhile waits.
-  cryo_hold();
-  printf("holding\n");
+  int held = cryo_hold() == 0;
+  if (held) {
+    printf("holding\n");
+  } else {
+    printf("not holding: %s\n", strerror(errno));
+  }
   for (long k = 0; k * 100 < hold_ms; ++k) {
     printf("critical %ld\n", k);
     fflush(stdout);
@@ -94,7 +99,7 @@ int main(int argc, char** argv) {
   }
   printf("releasing\n");
   fflush(stdout);
-  cryo_release();
+  if (held) cryo_release();
 
   if (checkpoint) Checkpoint();
   for (unsigned long n = 0; forever || n < 5; ++n) {

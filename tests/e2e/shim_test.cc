@@ -9,6 +9,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <regex>
 #include <sstream>
 
@@ -398,7 +399,8 @@ TEST(Shim, ExampleRunsWithoutCryo) {
   auto r = RunCommand({Example(), "--hold", "200"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out,
-            "cryo is not active: no checkpoints\nholding\ncritical 0\ncritical 1\nreleasing\n"
+            "cryo is not active: no checkpoints\nnot holding: Function not implemented\n"
+            "critical 0\ncritical 1\nreleasing\n"
             "no checkpoint: Function not implemented\ntick 0\ntick 1\ntick 2\ntick 3\ntick 4\n");
 }
 
@@ -460,6 +462,30 @@ TEST(Shim, HoldDelaysACheckpointUntilRelease) {
   EXPECT_EQ(copy.find("critical", restored), std::string::npos)
       << "the checkpoint was taken inside the critical section:\n"
       << copy;
+}
+
+// A program may use the API from its first line, before cryod has read its
+// job's start report, which jobs started together make likely (a batch
+// launcher): cryod serves such a connection once the job runs, rather than
+// refusing it as coming from outside any job.
+TEST(Shim, ApiWorksFromTheFirstLineOfJobsStartedTogether) {
+  Cryod d;
+  constexpr int kJobs = 20;
+  auto name = [](int i) { return "early" + std::to_string(i); };
+  std::vector<std::unique_ptr<BackgroundCommand>> runs;
+  for (int i = 0; i < kJobs; ++i) {
+    runs.push_back(std::make_unique<BackgroundCommand>(
+        d.CryoArgv({"run", "-d", "--name", name(i), "--", TestProgram("hold_first")}),
+        d.WithSocket({})));
+  }
+  for (auto& run : runs) {
+    auto r = run->Finish(std::chrono::seconds(60));
+    ASSERT_EQ(r.exit_code, 0) << r.err << d.DaemonLog();
+  }
+  for (int i = 0; i < kJobs; ++i) {
+    ASSERT_TRUE(WaitForState(d, name(i), "exited")) << Logs(d, name(i));
+    EXPECT_EQ(Logs(d, name(i)), "hold ok\n") << name(i);
+  }
 }
 
 // The API connection is an external unix socket of the checkpoint: a
