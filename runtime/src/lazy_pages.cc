@@ -58,9 +58,12 @@ constexpr int kFetchNice = 19;
 // criu/uffd.c); anything larger is not a request of its.
 constexpr uint64_t kMaxRequestPages = (uint64_t{16} << 20) / kPageBytes;
 // Plaintext fetched and verified ahead of the pages asked for: per pages
-// image, and for all of them together.
-constexpr uint64_t kAheadBytes = uint64_t{32} << 20;
-constexpr uint64_t kAheadTotalBytes = uint64_t{48} << 20;
+// image, and for all of them together. Three answers' worth: enough to
+// never keep lazy-pages waiting, and recent enough to still be in the
+// cache (32 MiB of L3 here) when it is sent. With 32 and 48 MiB, a 1 GiB
+// restore took 0.73 s instead of 0.70 s (median of 12 alternated pairs).
+constexpr uint64_t kAheadBytes = uint64_t{12} << 20;
+constexpr uint64_t kAheadTotalBytes = uint64_t{16} << 20;
 // Addresses beyond this are not a pagemap's.
 constexpr uint64_t kMaxAddress = uint64_t{1} << 57;
 // Room for any chunk (1 MiB at most) as ChunkReader::ReadInto wants it.
