@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "checkpoints.h"
+#include "criu_run_dir.h"
 #include "cryo/config.h"
 #include "cryo/file_util.h"
 #include "cryo/image_store.h"
@@ -127,6 +128,11 @@ int RealMain(int argc, char** argv) {
   if (::access(config->criu_path.c_str(), X_OK) != 0) {
     LogWarn("CRIU not found; checkpoints will fail (run tools/setup.sh)",
             {{"criu", config->criu_path}});
+  }
+  if (auto cached = PrepareCriuRunDir(std::string(kCriuRunDir)); !cached) {
+    LogError("cannot prepare the directory of CRIU's kernel cache",
+             {{"error", cached.error().ToString()}});
+    return 1;
   }
   auto monitor = FindHelper("cryo-monitor");
   auto init = FindHelper("cryo-init");
