@@ -43,8 +43,10 @@ Result<bool> PrepareCriuRunDir(const std::string& dir) {
   if (::stat(parent.c_str(), &st) != 0) return SysFail("stat " + parent);
   if (!IsRootsOwnDirectory(st)) {
     return Fail(ErrorKind::kPermissionDenied,
-                parent + " can be written by others than root: CRIU's kernel cache cannot be "
-                         "kept safely in " + dir);
+                parent +
+                    " can be written by others than root: CRIU's kernel cache cannot be "
+                    "kept safely in " +
+                    dir);
   }
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return SysFail("create " + dir);
   if (::lstat(dir.c_str(), &st) != 0) return SysFail("stat " + dir);
@@ -60,9 +62,10 @@ Result<bool> PrepareCriuRunDir(const std::string& dir) {
     // machine's, not a daemon's.
     if (::mount("tmpfs", dir.c_str(), "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                 "mode=0700,size=1m") != 0) {
-      LogWarn("CRIU will probe the kernel on every run (~20 ms each): cannot mount a tmpfs "
-              "for its cache",
-              {{"dir", dir}, {"error", std::strerror(errno)}});
+      LogWarn(
+          "CRIU will probe the kernel on every run (~20 ms each): cannot mount a tmpfs "
+          "for its cache",
+          {{"dir", dir}, {"error", std::strerror(errno)}});
       return false;
     }
     // What we mounted must be what we checked: root's, 0700.

@@ -372,8 +372,7 @@ std::optional<JobRecord> Supervisor::JobOfProcess(pid_t pid, std::chrono::millis
   std::string needle = std::to_string(pid);
   std::string found;
   for (const auto& [id, job] : jobs_) {
-    if ((job.state != JobState::kRunning && job.state != JobState::kStarting) ||
-        job.cgroup.empty())
+    if ((job.state != JobState::kRunning && job.state != JobState::kStarting) || job.cgroup.empty())
       continue;
     auto procs = ReadFileToString(job.cgroup + "/cgroup.procs");
     if (!procs) continue;

@@ -117,7 +117,9 @@ TEST_F(CriuRunDirTest, RefusesWhatIsNotADirectoryOfRoots) {
   };
   for (const auto& [what, plant] :
        std::initializer_list<std::pair<const char*, std::function<void()>>>{
-           {"a symbolic link", link}, {"a file", file}, {"another user's directory", another_users}}) {
+           {"a symbolic link", link},
+           {"a file", file},
+           {"another user's directory", another_users}}) {
     SCOPED_TRACE(what);
     plant();
     auto cached = PrepareCriuRunDir(dir_);

@@ -2,8 +2,8 @@
 // The CRIU that tools/setup.sh built works on this machine.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <stdlib.h>
 #include <linux/magic.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 
@@ -57,8 +57,8 @@ TEST(Criu, KeepsItsKernelCacheInCryodsRootOnlyTmpfs) {
     ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
   }
   EXPECT_TRUE(std::filesystem::exists(dir + "/criu.kdat"))
-      << "CRIU did not cache its kernel facts in " << dir
-      << ": built without RUNDIR=" << dir << "? (tools/setup.sh)";
+      << "CRIU did not cache its kernel facts in " << dir << ": built without RUNDIR=" << dir
+      << "? (tools/setup.sh)";
 }
 
 // cryod asks CRIU its version for every checkpoint's manifest; starting a
