@@ -52,8 +52,10 @@ static_assert(sizeof(PageServerIov) == 32);
 // rather than in pieces of the default (about 200 KiB), each waiting for
 // lazy-pages to read the one before.
 constexpr int kSocketBufferBytes = 8 << 20;
-// The fetchers' nice value (see Fetch()).
+// The fetchers' nice value (see Fetch()), and how far the thread answering
+// lazy-pages is raised above the caller's (see Serve()).
 constexpr int kFetchNice = 19;
+constexpr int kServeNiceBoost = 10;
 // criu lazy-pages asks for at most 4 MiB at a time (MAX_XFER_LEN in
 // criu/uffd.c); anything larger is not a request of its.
 constexpr uint64_t kMaxRequestPages = (uint64_t{16} << 20) / kPageBytes;
@@ -502,6 +504,17 @@ class Server final : public LazyPageServer {
   }
 
   void Serve() {
+    // Above criu lazy-pages, which polls a core busy while it waits for an
+    // answer: where the two share a core, the answer goes first (as root;
+    // capped otherwise). 1 GiB, 2 x 12 alternated pairs: 0.617 and 0.619 s
+    // instead of 0.634 and 0.642 s.
+    {
+      int want = serving_nice_ - kServeNiceBoost;
+      if (::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), want) == 0) {
+        std::lock_guard lock(mu_);
+        serving_nice_ = want;
+      }
+    }
     ChunkReader reader(store_, key_, hash_);
     while (true) {
       PageServerIov req{};
