@@ -23,7 +23,7 @@ ctest --test-dir build --output-on-failure -j2 --timeout 300
 
 say "unit tests under ASan+UBSan"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DCRYO_SANITIZE=ON -DCRYO_WERROR=ON >/dev/null
-cmake --build build-asan -j"$(nproc)" --target runtime_unit_tests >/dev/null
+cmake --build build-asan -j"$(nproc)" --target runtime_unit_tests daemon_unit_tests >/dev/null
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   ctest --test-dir build-asan -L unit --output-on-failure -j2
 say "all tests passed"
