@@ -69,7 +69,8 @@ Result<bool> PrepareCriuRunDir(const std::string& dir) {
       return false;
     }
     // What we mounted must be what we checked: root's, 0700.
-    if (::lstat(dir.c_str(), &st) != 0 || !IsRootsOwnDirectory(st) || (st.st_mode & 077) != 0) {
+    if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != 0 ||
+        (st.st_mode & 077) != 0) {
       return Fail(ErrorKind::kInternal, "the tmpfs mounted on " + dir + " is not root's only");
     }
   }

@@ -370,25 +370,26 @@ std::vector<std::string> Supervisor::ShimArgs(const JobRecord& job) const {
 std::optional<JobRecord> Supervisor::JobOfProcess(pid_t pid, std::chrono::milliseconds timeout) {
   std::unique_lock lock(mu_);
   std::string needle = std::to_string(pid);
-  std::string found;
-  for (const auto& [id, job] : jobs_) {
+  auto holds_pid = [&](const JobRecord& job) {
     if ((job.state != JobState::kRunning && job.state != JobState::kStarting) || job.cgroup.empty())
-      continue;
+      return false;
     auto procs = ReadFileToString(job.cgroup + "/cgroup.procs");
-    if (!procs) continue;
-    std::istringstream lines(*procs);
-    for (std::string line; std::getline(lines, line) && found.empty();) {
-      if (line == needle) found = id;
+    std::istringstream lines(procs ? *procs : "");
+    for (std::string line; std::getline(lines, line);) {
+      if (line == needle) return true;
     }
-    if (!found.empty()) break;
-  }
-  if (found.empty()) return std::nullopt;
+    return false;
+  };
+  auto match = std::find_if(jobs_.begin(), jobs_.end(),
+                            [&](const auto& entry) { return holds_pid(entry.second); });
+  if (match == jobs_.end()) return std::nullopt;
+  std::string id = match->first;
   // The program runs before Launch has read the start report.
   changed_.wait_for(lock, timeout, [&] {
-    auto it = jobs_.find(found);
+    auto it = jobs_.find(id);
     return it == jobs_.end() || it->second.state != JobState::kStarting;
   });
-  auto it = jobs_.find(found);
+  auto it = jobs_.find(id);
   if (it == jobs_.end() || it->second.state != JobState::kRunning) return std::nullopt;
   return it->second;
 }
