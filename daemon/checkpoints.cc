@@ -552,7 +552,7 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
   PhaseTimes phases;
   auto verify_hint = " (run 'cryo verify " + m->id + "' for details)";
   // Memory through userfaultfd when there is enough of it: everything but the
-  // lazy pages is staged, and cryod serves those to criu lazy-pages.
+  // lazy pages is staged, and cryod fills those in through userfaultfd.
   LazyTasks lazy_tasks;
   uint64_t lazy_bytes = 0;
   std::string job_id = NewJobId();
@@ -592,7 +592,7 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
     };
   }
   std::unique_ptr<ImageStreamServer> stream;
-  std::unique_ptr<LazyPageServer> pages;
+  std::unique_ptr<LazyMemoryFiller> pages;
   UniqueFd pages_theirs;
   if (lazy_bytes > 0) {
     work = scratch_->Allocate(NewJobId(), m->image_bytes - lazy_bytes, m->image_bytes);
@@ -614,27 +614,17 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
     phases["fetch"] = MillisSince(start);
     start = Clock::now();
     int pair[2];
-    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
       return std::unexpected(SysFail("socketpair").error().WithContext(context));
     }
     pages_theirs.reset(pair[1]);
     BeginPhase(progress, "restore", lazy_bytes);
     ImageProgress on_page;
     if (progress) on_page = [progress](uint64_t bytes) { progress->Add(bytes); };
-    // Serving failed: kill the restored processes while lazy-pages still
-    // holds back every page it has not copied, before our hang-up ends it
-    // (and would let them read zeros there).
-    auto cgroup = Cgroup::PathFor(job_id);
-    if (!cgroup) return std::unexpected(cgroup.error().WithContext(context));
-    auto kill_job = [path = *cgroup] {
-      if (auto pids = CgroupPids(path)) {
-        for (pid_t pid : *pids) ::kill(pid, SIGKILL);
-      }
-    };
-    auto server = LazyPageServer::Start(UniqueFd(pair[0]), lazy_tasks, m->chunk_hash, *store_, key_,
-                                        on_page, kill_job);
-    if (!server) return std::unexpected(server.error().WithContext(context));
-    pages = std::move(*server);
+    auto filler = LazyMemoryFiller::Start(work->images() + "/lazy-pages.socket", UniqueFd(pair[0]),
+                                          lazy_tasks, m->chunk_hash, *store_, key_, on_page);
+    if (!filler) return std::unexpected(filler.error().WithContext(context));
+    pages = std::move(*filler);
   } else if (auto server = ImageStreamServer::Listen(work->images(), m->files, m->chunk_hash,
                                                      *store_, key_, on_fed)) {
     stream = std::move(*server);
@@ -700,23 +690,21 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
   theirs.clear();
   pages_theirs.reset();
   if (pages) {
-    // The monitor reported once criu lazy-pages was done: every page in
-    // (the job then runs), or it failed (the job was killed).
-    auto served = pages->Finish();
+    // CRIU is done: it asked for the memory at its post-restore
+    // notification, and killed the tree if filling it failed.
+    auto filled = pages->Finish();
     if (!restored && pages->chunk_failed()) {
-      return std::unexpected(served.error().WithContext(context + verify_hint));
+      return std::unexpected(filled.error().WithContext(context + verify_hint));
     }
-    if (!restored && !served) {
-      const Error& criu = restored.error();
-      return std::unexpected(Error(criu.kind(), criu.ToString() + "\ncryod's page server: " +
-                                                    served.error().ToString())
-                                 .WithContext(context));
-    }
-    if (restored && !served) {
-      LogWarn("ending a job whose memory was not all served",
-              {{"job", restored->name}, {"error", served.error().ToString()}});
+    if (!restored) return std::unexpected(restored.error().WithContext(context));
+    if (!filled || !pages->filled()) {
+      std::string why = filled ? "CRIU never asked for it" : filled.error().ToString();
+      LogWarn("ending a job whose memory was not all filled",
+              {{"job", restored->name}, {"error", why}});
       (void)supervisor_.Remove(caller, restored->name, /*force=*/true);
-      return std::unexpected(served.error().WithContext(context));
+      return std::unexpected(
+          Error(ErrorKind::kInternal, "the restored memory was not filled: " + why)
+              .WithContext(context));
     }
   }
   if (stream) {

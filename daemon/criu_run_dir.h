@@ -14,7 +14,7 @@ namespace cryo {
 // names (RUNDIR), if that is on tmpfs (so that a reboot, perhaps into
 // another kernel, clears it). CRIU's default is /run itself, which is not
 // tmpfs everywhere (not on this VM): every CRIU run then probes again, ~20
-// ms, twice per lazy restore (criu restore and criu lazy-pages). CRIU runs
+// ms, once per dump or restore (and its feature checks). CRIU runs
 // as root and trusts the file (vdso offsets, the zero page's pfn, feature
 // flags), so the directory must be writable by root only, its parent too:
 // tools/setup.sh builds CRIU with this one.

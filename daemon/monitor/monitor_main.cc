@@ -19,11 +19,11 @@
 // shim's API sockets (--inherit KEY=FD, an fd cryod passed). --tcp 0: the
 // job was dumped without CRIU's tcp_established and network lock (it had no
 // TCP socket), and is restored so. --lazy-pages FD: the images lack the
-// lazy pages (cryo/lazy_pages.h); `criu lazy-pages` fills them in, from
-// cryod's page server on the socket FD. The job is frozen from the end of
-// CRIU's restore until every page is in; if that fails it is killed, never
-// thawed with holes in its memory, and the start report says why. A cryod
-// that dies meanwhile takes the page server with it: the job is killed.
+// lazy pages (cryo/lazy_pages.h); cryod fills them in when asked on the
+// socket FD, at CRIU's post-restore notification, before any restored task
+// runs. If that fails (a cryod that dies meanwhile included), CRIU kills the
+// tree: it never runs with holes in its memory, and the start report says
+// why.
 //
 //   --env KEY=VALUE   (fresh start) adds to the program's environment: the
 //                     LD_PRELOAD shim and its settings
@@ -56,6 +56,7 @@
 #include "cryo/file_util.h"
 #include "cryo/job.h"
 #include "cryo/job_log.h"
+#include "cryo/lazy_pages.h"
 #include "cryo/log.h"
 #include "cryo/process.h"
 #include "cryo/unique_fd.h"
@@ -159,7 +160,7 @@ struct Mode {
   std::string job_dir;
   std::string restore_images;  // empty: start the program fresh
   bool stream = false;         // cryod serves the images there (image streamer)
-  int lazy_pages_fd = -1;      // cryod's page server for the lazy pages
+  int lazy_pages_fd = -1;      // to ask cryod to fill the lazy pages
   bool tcp = true;             // as dumped: with tcp_established and a network lock
   std::string criu;
   std::string stdout_key, stderr_key;
@@ -189,26 +190,12 @@ std::string PipeKey(int fd) {
 
 // Starts the job: a fresh program, or a restore. Returns init's pid, or
 // reports the failure itself and returns 0.
-pid_t StartJob(const Mode& mode, const JobRecord& job, const std::string& init_path, Pipes& p,
-               Cgroup& cgroup) {
+pid_t StartJob(const Mode& mode, const JobRecord& job, const std::string& init_path, Pipes& p) {
   if (!mode.restore_images.empty()) {
     auto criu = CreateCriuCheckpointer(mode.criu);
     if (!criu) {
       Report({{"errno", 0}, {"error", criu.error().ToString()}});
       return 0;
-    }
-    LazyPagesOptions lazy_options{
-        .images_dir = mode.restore_images, .work_dir = {}, .page_server_fd = mode.lazy_pages_fd};
-    std::optional<Spawned> lazy;
-    if (mode.lazy_pages_fd >= 0) {
-      auto started = (*criu)->StartLazyPages(lazy_options);
-      // Ours closed: the page server's end of file is then lazy-pages' exit.
-      UniqueFd{mode.lazy_pages_fd}.reset();
-      if (!started) {
-        Report({{"errno", 0}, {"error", started.error().ToString()}});
-        return 0;
-      }
-      lazy = std::move(*started);
     }
     std::vector<std::pair<std::string, int>> inherit;
     if (!mode.stdout_key.empty()) inherit.push_back({mode.stdout_key, p.out_w.get()});
@@ -216,44 +203,26 @@ pid_t StartJob(const Mode& mode, const JobRecord& job, const std::string& init_p
       inherit.push_back({mode.stderr_key, p.err_w.get()});
     }
     inherit.insert(inherit.end(), mode.inherit.begin(), mode.inherit.end());
+    // The lazy memory is filled by cryod while CRIU holds every task in
+    // its restorer: the job never runs, nor faults, before all is in.
+    std::function<Status()> post_restore;
+    if (mode.lazy_pages_fd >= 0) {
+      post_restore = [fd = mode.lazy_pages_fd] { return AskToFillLazyMemory(fd); };
+    }
     auto pid = (*criu)->Restore({.images_dir = mode.restore_images,
                                  .inherit_fds = inherit,
                                  .cgroup_procs = job.cgroup + "/cgroup.procs",
                                  .tcp_established = mode.tcp,
                                  .stream = mode.stream,
-                                 .lazy_pages = lazy.has_value()});
+                                 .lazy_pages = mode.lazy_pages_fd >= 0,
+                                 .post_restore = post_restore});
     // The shim's sockets now live in the restored program; without our
     // copies, cryod sees the program's close as an end of file.
     for (const auto& [key, fd] : mode.inherit) UniqueFd{fd}.reset();
+    if (mode.lazy_pages_fd >= 0) UniqueFd{mode.lazy_pages_fd}.reset();
     if (!pid) {
-      if (lazy) {
-        ::kill(lazy->pid, SIGKILL);
-        (void)(*criu)->WaitLazyPages(*lazy, lazy_options);
-      }
       Report({{"errno", 0}, {"error", pid.error().ToString()}});
       return 0;
-    }
-    if (lazy) {
-      // The tree runs already (its faults are served meanwhile); frozen, it
-      // cannot see a hole if lazy-pages fails.
-      auto frozen = cgroup.Freeze();
-      auto filled = (*criu)->WaitLazyPages(*lazy, lazy_options);
-      if (!frozen || !filled) {
-        ::kill(*pid, SIGKILL);  // init of its PID namespace: the whole tree
-        (void)cgroup.Thaw();
-        int st;
-        while (::waitpid(*pid, &st, 0) < 0 && errno == EINTR) {
-        }
-        Report({{"errno", 0},
-                {"error", (!filled ? filled.error() : frozen.error()).ToString() +
-                              " (the restored job was killed)"}});
-        return 0;
-      }
-      if (auto thawed = cgroup.Thaw(); !thawed) {
-        ::kill(*pid, SIGKILL);
-        Report({{"errno", 0}, {"error", thawed.error().ToString()}});
-        return 0;
-      }
     }
     return *pid;
   }
@@ -339,7 +308,7 @@ int Run(const Mode& mode) {
 
   std::string stdout_key = PipeKey(p.out_w.get());
   std::string stderr_key = PipeKey(p.err_w.get());
-  pid_t init = StartJob(mode, *job, init_path, p, *cgroup);
+  pid_t init = StartJob(mode, *job, init_path, p);
   p.out_w.reset();
   p.err_w.reset();
   p.report_w.reset();

@@ -107,20 +107,21 @@ class Session {
     return resp;
   }
 
-  // Runs `req` to its final answer, acknowledging notifications; the
-  // post-dump one only if `commit` succeeds.
-  Result<criu_resp> Run(const criu_req& req, const CommitFn* commit, Error* commit_error) {
+  // Runs `req` to its final answer, acknowledging notifications; the one
+  // named `script` only if `hook` succeeds.
+  Result<criu_resp> Run(const criu_req& req, std::string_view script, const CommitFn* hook,
+                        Error* hook_error) {
     if (auto s = Send(req); !s) return std::unexpected(s.error());
     for (;;) {
       auto resp = Receive();
       if (!resp) return resp;
       if (resp->type() != NOTIFY) return resp;
       bool ok = true;
-      if (commit != nullptr && resp->notify().script() == "post-dump") {
-        auto committed = (*commit)();
-        if (!committed) {
+      if (hook != nullptr && *hook && resp->notify().script() == script) {
+        auto done = (*hook)();
+        if (!done) {
           ok = false;
-          *commit_error = committed.error();
+          *hook_error = done.error();
         }
       }
       criu_req ack;
@@ -243,7 +244,7 @@ Result<std::string> AskVersion(const std::string& path) {
   if (!session) return std::unexpected(session.error());
   criu_req req;
   req.set_type(VERSION);
-  auto resp = session->Run(req, nullptr, nullptr);
+  auto resp = session->Run(req, "", nullptr, nullptr);
   if (!resp) return std::unexpected(resp.error().WithContext(path + " does not answer"));
   std::string version = std::to_string(resp->version().major_number()) + "." +
                         std::to_string(resp->version().minor_number());
@@ -292,7 +293,7 @@ class CriuCheckpointer final : public Checkpointer {
     if (!o.freeze_cgroup.empty()) opts->set_freeze_cgroup(o.freeze_cgroup);
     for (const auto& e : o.external) opts->add_external(e);
     Error commit_error(ErrorKind::kInternal, "");
-    auto resp = session->Run(req, &commit, &commit_error);
+    auto resp = session->Run(req, "post-dump", &commit, &commit_error);
     if (!resp) return std::unexpected(resp.error().WithContext("criu dump"));
     if (!commit_error.message().empty()) {
       return std::unexpected(commit_error.WithContext("checkpoint not stored, job resumed"));
@@ -323,8 +324,12 @@ class CriuCheckpointer final : public Checkpointer {
       inherit->set_key(key);
       inherit->set_fd(next++);
     }
-    auto resp = session->Run(req, nullptr, nullptr);
+    Error hook_error(ErrorKind::kInternal, "");
+    auto resp = session->Run(req, "post-restore", &o.post_restore, &hook_error);
     if (!resp) return std::unexpected(resp.error().WithContext("criu restore"));
+    if (!hook_error.message().empty()) {
+      return std::unexpected(hook_error.WithContext("restore failed, the restored tree killed"));
+    }
     if (!resp->success()) {
       return Fail(ErrorKind::kFailedPrecondition,
                   "criu restore failed" + Failure(*resp) +
@@ -339,51 +344,9 @@ class CriuCheckpointer final : public Checkpointer {
     criu_req req;
     req.set_type(FEATURE_CHECK);
     req.mutable_features()->set_lazy_pages(true);
-    auto resp = session->Run(req, nullptr, nullptr);
+    auto resp = session->Run(req, "", nullptr, nullptr);
     if (!resp) return std::unexpected(resp.error().WithContext("criu feature check"));
     return resp->success() && resp->has_features() && resp->features().lazy_pages();
-  }
-
-  Result<Spawned> StartLazyPages(const LazyPagesOptions& o) override {
-    constexpr int kPageServerFd = kFirstInheritFd;
-    constexpr int kStatusFd = kFirstInheritFd + 1;
-    auto status = MakePipe();
-    if (!status) return std::unexpected(status.error().WithContext("start criu lazy-pages"));
-    auto child =
-        Spawn({.path = path_,
-               .argv = {"criu", "lazy-pages", "--no-default-config", "--images-dir", o.images_dir,
-                        "--work-dir", LogDir(o.images_dir, o.work_dir), "--log-file",
-                        "lazy-pages.log", "-v4", "--page-server", "--ps-socket",
-                        std::to_string(kPageServerFd), "--status-fd", std::to_string(kStatusFd)},
-               .env = kCriuEnv,
-               .fds = {{kPageServerFd, o.page_server_fd}, {kStatusFd, status->second.get()}},
-               .cgroup_procs = {}});
-    if (!child) return std::unexpected(child.error().WithContext("start criu lazy-pages"));
-    status->second.reset();
-    // One byte once it listens; end of file if it failed first.
-    char ready = 0;
-    auto got = ReadFull(status->first.get(), {&ready, 1});
-    if (!got || *got != 1) {
-      ::kill(child->pid, SIGKILL);
-      int st;
-      while (::waitpid(child->pid, &st, 0) < 0 && errno == EINTR) {
-      }
-      return Fail(ErrorKind::kFailedPrecondition,
-                  "criu lazy-pages failed to start" +
-                      LogExcerpt(LogDir(o.images_dir, o.work_dir) + "/lazy-pages.log"));
-    }
-    return std::move(*child);
-  }
-
-  Status WaitLazyPages(const Spawned& lazy, const LazyPagesOptions& o) override {
-    int status = 0;
-    while (::waitpid(lazy.pid, &status, 0) < 0) {
-      if (errno != EINTR) return SysFail("wait for criu lazy-pages");
-    }
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return {};
-    return Fail(ErrorKind::kFailedPrecondition,
-                "criu lazy-pages failed to fill the restored memory" +
-                    LogExcerpt(LogDir(o.images_dir, o.work_dir) + "/lazy-pages.log"));
   }
 
  private:

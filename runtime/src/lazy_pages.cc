@@ -3,18 +3,20 @@
 
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/wire_format_lite.h>
-#include <sys/resource.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
-#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <thread>
 #include <utility>
@@ -31,49 +33,10 @@ using google::protobuf::io::CodedInputStream;
 constexpr uint32_t kImgCommonMagic = 0x54564319;
 constexpr uint32_t kPagemapMagic = 0x56084025;
 
-// criu/page-xfer.c
-constexpr uint32_t kPsIovAddF = 6;
-constexpr uint32_t kPsIovGet = 7;
-constexpr uint32_t kPsIovClose = 0x1023;
-constexpr uint32_t kPsIovForceClose = 0x1024;
-constexpr uint32_t kPsCmdBits = 16;
-constexpr uint32_t kPsCmdMask = (1u << kPsCmdBits) - 1;
-
-struct PageServerIov {
-  uint32_t cmd;
-  uint32_t padding;  // the compiler's, in CRIU's struct
-  uint64_t nr_pages;
-  uint64_t vaddr;
-  uint64_t dst_id;
-};
-static_assert(sizeof(PageServerIov) == 32);
-
-// Room in the socket for a whole answer (4 MiB at most), sent in one go
-// rather than in pieces of the default (about 200 KiB), each waiting for
-// lazy-pages to read the one before.
-constexpr int kSocketBufferBytes = 8 << 20;
-// The fetchers' nice value (see Fetch()), and how far the thread answering
-// lazy-pages is raised above the caller's (see Serve()).
-constexpr int kFetchNice = 19;
-constexpr int kServeNiceBoost = 10;
-// criu lazy-pages asks for at most 4 MiB at a time (MAX_XFER_LEN in
-// criu/uffd.c); anything larger is not a request of its.
-constexpr uint64_t kMaxRequestPages = (uint64_t{16} << 20) / kPageBytes;
-// Plaintext fetched and verified ahead of the pages asked for: per pages
-// image, and for all of them together. Three answers' worth: enough to
-// never keep lazy-pages waiting, and recent enough to still be in the
-// cache (32 MiB of L3 here) when it is sent. With 32 and 48 MiB, a 1 GiB
-// restore took 0.73 s instead of 0.70 s (median of 12 alternated pairs).
-constexpr uint64_t kAheadBytes = uint64_t{12} << 20;
-constexpr uint64_t kAheadTotalBytes = uint64_t{16} << 20;
 // Addresses beyond this are not a pagemap's.
 constexpr uint64_t kMaxAddress = uint64_t{1} << 57;
 // Room for any chunk (1 MiB at most) as ChunkReader::ReadInto wants it.
 constexpr size_t kBufferRoom = (size_t{1} << 20) + 64;
-
-// On 2 cores: two fetchers; criu lazy-pages needs little CPU (a copy in and
-// a UFFDIO_COPY out per page).
-size_t FetcherCount() { return std::clamp<size_t>(std::thread::hardware_concurrency(), 2, 4); }
 
 std::string Hex(uint64_t value) {
   char buf[24];
@@ -131,113 +94,156 @@ std::vector<uint64_t> ChunkStarts(const ImageFile& file) {
   return starts;
 }
 
-class Server final : public LazyPageServer {
+// Turns what `criu restore --lazy-pages` sends into (pid, userfaultfd)
+// pairs (cryo/lazy_pages.h).
+class UffdInbox {
  public:
-  Server(UniqueFd socket, const LazyTasks& tasks, ChunkHash hash, Store& store, const Key& key,
-         ImageProgress progress, std::function<void()> on_failure)
-      : socket_(std::move(socket)),
+  // Reads what `socket` has, without waiting. False at its end or on error.
+  bool Read(int socket, std::string* error) {
+    while (true) {
+      char bytes[256];
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
+      iovec iov{bytes, sizeof bytes};
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      ssize_t n = ::recvmsg(socket, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return errno == EAGAIN || errno == EWOULDBLOCK;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; ++i) {
+          int fd;
+          std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+          fds_.emplace_back(fd);
+        }
+      }
+      if ((msg.msg_flags & MSG_CTRUNC) != 0) {
+        *error = "CRIU sent more userfaultfds at once than expected";
+        return false;
+      }
+      if (n == 0) return false;
+      bytes_.append(bytes, static_cast<size_t>(n));
+      if (!Parse(error)) return false;
+    }
+  }
+
+  std::map<int32_t, UniqueFd>& uffds() { return uffds_; }
+  bool finished() const { return finished_; }
+
+ private:
+  bool Parse(std::string* error) {
+    while (bytes_.size() >= sizeof(int32_t)) {
+      int32_t pid;
+      std::memcpy(&pid, bytes_.data(), sizeof pid);
+      if (static_cast<uint32_t>(pid) == kRestoreFinished) {
+        finished_ = true;
+        bytes_.erase(0, sizeof pid);
+        continue;
+      }
+      if (pid < 0) {  // a zombie: nothing to fill
+        bytes_.erase(0, sizeof pid);
+        continue;
+      }
+      if (pid == 0) {
+        *error = "CRIU sent a userfaultfd for pid 0";
+        return false;
+      }
+      // The pid, then one byte that carried the fd.
+      if (bytes_.size() < sizeof pid + 1) return true;
+      if (fds_.empty()) {
+        *error = "CRIU sent no userfaultfd for task " + std::to_string(pid);
+        return false;
+      }
+      uffds_[pid] = std::move(fds_.front());
+      fds_.pop_front();
+      bytes_.erase(0, sizeof pid + 1);
+    }
+    return true;
+  }
+
+  // criu/uffd.c LAZY_PAGES_RESTORE_FINISHED
+  static constexpr uint32_t kRestoreFinished = 0x52535446;
+  std::string bytes_;
+  std::deque<UniqueFd> fds_;
+  std::map<int32_t, UniqueFd> uffds_;
+  bool finished_ = false;
+};
+
+uint64_t PageDown(uint64_t offset) { return offset / kPageBytes * kPageBytes; }
+uint64_t PageUp(uint64_t offset) { return PageDown(offset + kPageBytes - 1); }
+
+class Filler final : public LazyMemoryFiller {
+ public:
+  Filler(std::string socket_path, UniqueFd listener, UniqueFd control, const LazyTasks& tasks,
+         ChunkHash hash, Store& store, const Key& key, ImageProgress progress)
+      : socket_path_(std::move(socket_path)),
+        listener_(std::move(listener)),
+        control_(std::move(control)),
         tasks_(tasks),
         hash_(hash),
         store_(store),
         key_(key),
-        progress_(std::move(progress)),
-        on_failure_(std::move(on_failure)) {
-    for (const auto& [id, task] : tasks_) {
-      auto file = std::make_unique<FileState>();
-      file->file = task.pages;
-      file->starts = ChunkStarts(*task.pages);
-      // Chunks holding lazy pages, in order: what criu lazy-pages will ask
-      // for, front to back.
-      size_t c = 0;
-      for (const auto& [begin, end] : LazyRanges(task.pagemap)) {
-        while (c < file->file->chunks.size() && file->starts[c + 1] <= begin) ++c;
-        for (size_t i = c; i < file->file->chunks.size() && file->starts[i] < end; ++i) {
-          if (file->lazy_chunks.empty() || file->lazy_chunks.back() < i) {
-            file->lazy_chunks.push_back(i);
-          }
-        }
-      }
-      files_[id] = std::move(file);
-    }
-  }
+        progress_(std::move(progress)) {}
 
-  ~Server() override { (void)Finish(); }
+  ~Filler() override { (void)Finish(); }
 
   Status Begin() {
-    // Past net.core.wmem_max as root; capped by it otherwise (either way
-    // only slower).
-    int bytes = kSocketBufferBytes;
-    if (::setsockopt(socket_.get(), SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof bytes) != 0) {
-      (void)::setsockopt(socket_.get(), SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
-    }
-    errno = 0;
-    int nice = ::getpriority(PRIO_PROCESS, 0);  // this thread's, which the server inherits
-    if (errno == 0) serving_nice_ = nice;
+    if (auto s = Prepare(); !s) return s;
     try {
-      server_ = std::thread([this] { Serve(); });
-      for (size_t i = 0; i < FetcherCount(); ++i) fetchers_.emplace_back([this] { Fetch(); });
+      thread_ = std::thread([this] { Run(); });
     } catch (const std::system_error& e) {
-      (void)Finish();
-      return Fail(ErrorKind::kInternal, std::string("start the page server: ") + e.what());
+      return Fail(ErrorKind::kInternal, std::string("start filling memory: ") + e.what());
     }
     return {};
   }
 
   Status Finish() override {
-    {
-      std::lock_guard lock(mu_);
-      stopping_ = true;
+    if (control_.valid()) ::shutdown(control_.get(), SHUT_RDWR);
+    if (thread_.joinable()) thread_.join();
+    if (listener_.valid()) {
+      listener_.reset();
+      ::unlink(socket_path_.c_str());
     }
-    cv_.notify_all();
-    if (socket_.valid()) ::shutdown(socket_.get(), SHUT_RDWR);
-    if (server_.joinable()) server_.join();
-    for (auto& t : fetchers_) {
-      if (t.joinable()) t.join();
-    }
+    // Kept open until now: CRIU still tells it when the tree runs, and a
+    // hung-up socket would fail its restore at the last step.
+    connection_.reset();
+    inbox_.uffds().clear();
     std::lock_guard lock(mu_);
-    for (auto& [id, f] : files_) f->cache.clear();  // buffers back to the pool
     if (error_) return std::unexpected(*error_);
-    if (!closed_) {
-      return Fail(ErrorKind::kUnavailable, "criu lazy-pages hung up before it had all the pages");
-    }
     return {};
   }
 
+  bool filled() const override { return filled_.load(); }
   bool chunk_failed() const override {
     std::lock_guard lock(mu_);
     return chunk_failed_;
   }
-  uint64_t served_bytes() const override { return served_.load(); }
+  uint64_t filled_bytes() const override { return filled_bytes_.load(); }
 
  private:
-  // A chunk as read from the store and decoded in place (ChunkReader::
-  // ReadInto): buffers are used again, not faulted in afresh for every chunk.
-  struct Buffer {
-    std::unique_ptr<char[]> memory;
-    size_t room = 0;
-    std::string_view plain;
+  // A lazy run of a task: `bytes` at `offset` of its pages image, at `vaddr`.
+  struct LazyRun {
+    uint64_t offset, bytes, vaddr;
   };
-  using Data = std::shared_ptr<const Buffer>;
-  struct Slot {
-    bool done = false;
-    Data data;                   // null if it failed
-    std::optional<Error> error;  // why; raised only if the chunk is asked for
-    uint64_t bytes = 0;          // counted in ahead_bytes_
-    pid_t reader = 0;            // the fetcher thread reading it, if one is
-    bool hurried = false;        // its reader runs at normal priority meanwhile
-  };
-  struct FileState {
+  struct Task {
+    uint64_t id = 0;
+    int uffd = -1;
     const ImageFile* file = nullptr;
-    std::vector<uint64_t> starts;                   // of each chunk, and the end
-    std::vector<size_t> lazy_chunks;                // chunk indices, ascending
-    size_t cursor = 0;                              // in lazy_chunks: where the last request began
-    size_t next = 0;                                // in lazy_chunks: the next to fetch ahead
-    std::map<size_t, std::shared_ptr<Slot>> cache;  // by chunk index
+    std::vector<uint64_t> starts;  // of each chunk, and the end
+    std::vector<LazyRun> runs;     // ascending offsets
   };
-  struct Piece {
-    FileState* file;
-    uint64_t offset;
-    uint64_t bytes;
+  struct Work {
+    Task* task;
+    size_t chunk;
+  };
+  // A page cut by a chunk boundary, put together from its pieces.
+  struct Partial {
+    std::unique_ptr<char[]> page;
+    uint64_t bytes = 0;
   };
 
   void SetError(Error error, bool chunk) {
@@ -246,342 +252,405 @@ class Server final : public LazyPageServer {
       error_ = std::move(error);
       chunk_failed_ = chunk;
     }
+    failed_ = true;
   }
 
-  // Fetches chunks ahead of each file's cursor, in order.
-  void Fetch() {
-    // Fetching ahead runs in the gaps the serving leaves (while lazy-pages
-    // copies an answer in), not in its way: with lazy-pages busy on the
-    // other core of a 2-core machine, each fetcher woken by a request took
-    // the core from the thread answering it (1 GiB: 0.95-1.0 s to restore
-    // instead of 0.7-0.8 s). Chunk() raises a fetcher it waits for.
-    pid_t tid = ::gettid();
-    (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(tid), kFetchNice);
+  bool Accept() {
+    UniqueFd client(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!client.valid()) return false;
+    ucred peer{};
+    socklen_t len = sizeof peer;
+    // The socket is in cryod's root-only scratch space; still, only root's
+    // CRIU may hand us memory to write.
+    if (::getsockopt(client.get(), SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0 || peer.uid != 0 ||
+        connection_.valid()) {
+      return false;
+    }
+    connection_ = std::move(client);
+    return true;
+  }
+
+  void Receive() {
+    std::string error;
+    if (!inbox_.Read(connection_.get(), &error)) {
+      connection_open_ = false;
+      if (!error.empty()) SetError(Error(ErrorKind::kInvalidArgument, error), false);
+    }
+  }
+
+  // The tasks with lazy pages, and the chunks that hold them.
+  Status Prepare() {
+    for (const auto& [id, lazy] : tasks_) {
+      auto task = std::make_unique<Task>();
+      task->id = id;
+      task->file = lazy.pages;
+      task->starts = ChunkStarts(*lazy.pages);
+      for (const auto& run : lazy.pagemap.runs) {
+        if (!run.lazy() || run.pages == 0) continue;
+        if (!run.present()) {
+          return Fail(ErrorKind::kCorrupt, "task " + std::to_string(id) +
+                                               " has lazy pages the checkpoint does not hold at " +
+                                               Hex(run.vaddr));
+        }
+        task->runs.push_back({run.offset, run.bytes(), run.vaddr});
+        expected_ += run.bytes();
+      }
+      if (task->runs.empty()) continue;
+      if (id > INT32_MAX) {
+        return Fail(ErrorKind::kCorrupt, "task id " + std::to_string(id) + " is not a pid");
+      }
+      if (task->runs.back().offset + task->runs.back().bytes > task->starts.back()) {
+        return Fail(ErrorKind::kCorrupt,
+                    "pages image " + task->file->name + " is shorter than its pagemap says");
+      }
+      size_t c = 0;
+      for (const auto& run : task->runs) {
+        while (c < task->file->chunks.size() && task->starts[c + 1] <= run.offset) ++c;
+        for (size_t i = c;
+             i < task->file->chunks.size() && task->starts[i] < run.offset + run.bytes; ++i) {
+          if (work_.empty() || work_.back().task != task.get() || work_.back().chunk < i) {
+            work_.push_back({task.get(), i});
+          }
+        }
+      }
+      by_pid_[static_cast<int32_t>(id)] = std::move(task);
+    }
+    return {};
+  }
+
+  // Until asked to fill: takes the userfaultfds CRIU sends, and answers the
+  // faults its restorer takes on lazy memory meanwhile (thread areas, rseq).
+  void Run() {
     ChunkReader reader(store_, key_, hash_);
-    std::unique_lock lock(mu_);
     while (true) {
-      FileState* pick = nullptr;
-      cv_.wait(lock, [&] {
-        if (stopping_ || error_) return true;
-        if (ahead_bytes_ >= kAheadTotalBytes) return false;
-        // The image lazy-pages asked for last first, then the others.
-        auto wanted = [&](FileState* f) {
-          while (f->next < f->lazy_chunks.size() && f->cache.contains(f->lazy_chunks[f->next])) {
-            ++f->next;
-          }
-          if (f->next >= f->lazy_chunks.size()) return false;
-          uint64_t from = f->starts[f->lazy_chunks[std::min(f->cursor, f->next)]];
-          return f->starts[f->lazy_chunks[f->next]] - from < kAheadBytes;
-        };
-        if (last_ != nullptr && wanted(last_)) {
-          pick = last_;
-          return true;
-        }
-        for (auto& [id, f] : files_) {
-          if (wanted(f.get())) {
-            pick = f.get();
-            return true;
-          }
-        }
-        return false;
-      });
-      if (pick == nullptr) return;
-      size_t index = pick->lazy_chunks[pick->next++];
-      auto slot = std::make_shared<Slot>();
-      slot->bytes = pick->file->chunks[index].size;
-      ahead_bytes_ += slot->bytes;
-      slot->reader = tid;
-      pick->cache[index] = slot;
-      lock.unlock();
-      auto data = Read(reader, *pick->file, index);
-      lock.lock();
-      if (slot->hurried) (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(tid), kFetchNice);
-      slot->done = true;
-      if (data) {
-        slot->data = std::move(*data);
-      } else {
-        slot->error = std::move(data.error());
+      std::vector<pollfd> fds = {
+          {listener_.valid() && !connection_.valid() ? listener_.get() : -1, POLLIN, 0},
+          {connection_.valid() && connection_open_ ? connection_.get() : -1, POLLIN, 0},
+          {control_.get(), POLLIN, 0}};
+      std::vector<int32_t> pids;
+      for (const auto& [pid, uffd] : inbox_.uffds()) {
+        fds.push_back({uffd.get(), POLLIN, 0});
+        pids.push_back(pid);
       }
-      cv_.notify_all();
+      int n = ::poll(fds.data(), fds.size(), -1);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return;
+      if (fds[0].revents != 0) (void)Accept();
+      if (fds[1].revents != 0) Receive();
+      for (size_t i = 3; i < fds.size(); ++i) {
+        if (fds[i].revents != 0) ServeFaults(reader, pids[i - 3], fds[i].fd);
+      }
+      if (fds[2].revents == 0) continue;
+      char request = 0;
+      ssize_t got = ::recv(control_.get(), &request, 1, 0);
+      if (got < 0 && errno == EINTR) continue;
+      if (got != 1 || request != 'F') return;  // the monitor is gone, or we finish
+      Status s = FillAll(reader);
+      std::string answer = s ? "K" : "E" + s.error().ToString();
+      (void)::send(control_.get(), answer.data(), answer.size(), MSG_NOSIGNAL);
+      return;
     }
   }
 
-  // A buffer with `room` bytes, back to the pool when its last user is done.
-  std::shared_ptr<Buffer> TakeBuffer(size_t room) {
-    std::unique_ptr<Buffer> b;
-    {
-      std::lock_guard lock(pool_mu_);
-      if (!pool_.empty()) {
-        b = std::move(pool_.back());
-        pool_.pop_back();
-      }
-    }
-    if (!b || b->room < room) {
-      b = std::make_unique<Buffer>();
-      b->room = std::max<size_t>(room, kBufferRoom);
-      b->memory.reset(new char[b->room]);
-    }
-    return std::shared_ptr<Buffer>(b.release(), [this](Buffer* done) {
-      std::lock_guard lock(pool_mu_);
-      pool_.emplace_back(done);
-    });
-  }
-
-  // Chunk `index` of `file`, verified.
-  Result<Data> Read(ChunkReader& reader, const ImageFile& file, size_t index) {
-    auto buffer = TakeBuffer(ChunkReader::ReadRoom(file.chunks[index]));
-    auto plain = reader.ReadInto(file, index, {buffer->memory.get(), buffer->room});
-    if (!plain) return std::unexpected(plain.error());
-    buffer->plain = *plain;
-    return buffer;
-  }
-
-  // The chunk, from the cache or fetched now; null (and the error set) if it
-  // failed. A chunk fetched ahead fails the serving only once asked for.
-  Data Chunk(ChunkReader& reader, FileState& f, size_t index) {
-    std::unique_lock lock(mu_);
-    std::shared_ptr<Slot> slot;
-    if (auto it = f.cache.find(index); it != f.cache.end()) {
-      slot = it->second;
-      if (!slot->done && slot->reader != 0 && !slot->hurried) {
-        slot->hurried = true;
-        (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(slot->reader), serving_nice_);
-      }
-      cv_.wait(lock, [&] { return slot->done || stopping_; });
-      if (!slot->done) return nullptr;
-    } else {
-      lock.unlock();
-      auto data = Read(reader, *f.file, index);
-      lock.lock();
-      slot = std::make_shared<Slot>();
-      slot->done = true;
-      if (data) {
-        slot->data = std::move(*data);
-      } else {
-        slot->error = std::move(data.error());
-      }
-    }
-    if (slot->error) {
-      if (!error_) {
-        error_ = *slot->error;
-        chunk_failed_ = true;
-      }
-      return nullptr;
-    }
-    return slot->data;
-  }
-
-  // Where the pages of a request are in the pages image.
-  Result<std::vector<Piece>> Locate(const PageServerIov& req) {
-    auto task = tasks_.find(req.dst_id);
-    if (task == tasks_.end()) {
-      return Fail(
-          ErrorKind::kInvalidArgument,
-          "criu lazy-pages asked for pages of an unknown task " + std::to_string(req.dst_id));
-    }
-    if (req.vaddr % kPageBytes != 0 || req.vaddr >= kMaxAddress) {
-      return Fail(ErrorKind::kInvalidArgument,
-                  "criu lazy-pages asked for pages at a bad address " + Hex(req.vaddr));
-    }
-    const auto& runs = task->second.pagemap.runs;
-    FileState* file = files_.at(req.dst_id).get();
-    std::vector<Piece> pieces;
-    uint64_t addr = req.vaddr;
-    uint64_t left = req.nr_pages * kPageBytes;
-    auto run = std::upper_bound(runs.begin(), runs.end(), addr,
-                                [](uint64_t a, const PagemapRun& r) { return a < r.vaddr; });
-    if (run == runs.begin())
-      run = runs.end();
-    else
-      --run;
-    while (left > 0) {
-      if (run == runs.end() || addr < run->vaddr || addr >= run->vaddr + run->bytes() ||
-          !run->present()) {
-        return Fail(ErrorKind::kInvalidArgument,
-                    "criu lazy-pages asked for a page the checkpoint does not hold: task " +
-                        std::to_string(req.dst_id) + " address " + Hex(addr));
-      }
-      uint64_t take = std::min(left, run->vaddr + run->bytes() - addr);
-      uint64_t offset = run->offset + (addr - run->vaddr);
-      if (!pieces.empty() && pieces.back().offset + pieces.back().bytes == offset) {
-        pieces.back().bytes += take;
-      } else {
-        pieces.push_back({file, offset, take});
-      }
-      addr += take;
-      left -= take;
-      ++run;
-    }
-    return pieces;
-  }
-
-  // Moves the file's read-ahead to where this request began.
-  void Advance(FileState& f, uint64_t offset) {
-    std::lock_guard lock(mu_);
-    size_t chunk = static_cast<size_t>(std::upper_bound(f.starts.begin(), f.starts.end(), offset) -
-                                       f.starts.begin()) -
-                   1;
-    size_t cursor =
-        static_cast<size_t>(std::lower_bound(f.lazy_chunks.begin(), f.lazy_chunks.end(), chunk) -
-                            f.lazy_chunks.begin());
-    if (cursor < f.cursor || cursor > f.next) f.next = cursor;
-    f.cursor = cursor;
-    last_ = &f;
-    // What lies before the request is done with (unless a fault elsewhere
-    // sent us there, then fetched again if asked for again).
-    for (auto it = f.cache.begin(); it != f.cache.end() && it->first < chunk;) {
-      if (!it->second->done) {
-        ++it;
+  // The faults and events waiting on task `pid`'s userfaultfd.
+  void ServeFaults(ChunkReader& reader, int32_t pid, int uffd) {
+    while (true) {
+      uffd_msg msg{};
+      ssize_t n = ::read(uffd, &msg, sizeof msg);
+      if (n < 0 && errno == EINTR) continue;
+      if (n != sizeof msg) return;
+      if (msg.event != UFFD_EVENT_PAGEFAULT) {
+        // Never from tasks that wait in CRIU's restorer: not followed.
+        SetError(
+            Error(ErrorKind::kInternal, "restored task " + std::to_string(pid) +
+                                            " changed its memory (userfaultfd event " +
+                                            std::to_string(msg.event) + ") before it was filled"),
+            false);
         continue;
       }
-      ahead_bytes_ -= it->second->bytes;
-      it = f.cache.erase(it);
-    }
-    cv_.notify_all();
-  }
-
-  Status SendAll(std::vector<iovec> iov) {
-    size_t i = 0;
-    while (i < iov.size()) {
-      msghdr msg{};
-      msg.msg_iov = iov.data() + i;
-      msg.msg_iovlen = std::min<size_t>(iov.size() - i, IOV_MAX);
-      ssize_t n = ::sendmsg(socket_.get(), &msg, MSG_NOSIGNAL);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return SysFail("send pages to criu lazy-pages");
-      }
-      auto sent = static_cast<size_t>(n);
-      while (i < iov.size() && sent >= iov[i].iov_len) sent -= iov[i++].iov_len;
-      if (sent > 0) {
-        iov[i].iov_base = static_cast<char*>(iov[i].iov_base) + sent;
-        iov[i].iov_len -= sent;
-      }
-    }
-    return {};
-  }
-
-  Status Answer(ChunkReader& reader, PageServerIov req) {
-    if (req.nr_pages == 0 || req.nr_pages > kMaxRequestPages) {
-      return Fail(ErrorKind::kInvalidArgument,
-                  "criu lazy-pages asked for " + std::to_string(req.nr_pages) + " pages");
-    }
-    auto pieces = Locate(req);
-    if (!pieces) return std::unexpected(pieces.error());
-    Advance(*pieces->front().file, pieces->front().offset);
-    std::vector<Data> held;
-    req.cmd = kPsIovAddF | (PagemapRun::kPresent << kPsCmdBits);
-    std::vector<iovec> iov{{&req, sizeof req}};
-    for (const auto& p : *pieces) {
-      FileState& f = *p.file;
-      uint64_t at = p.offset, end = p.offset + p.bytes;
-      if (end > f.starts.back()) {
-        return Fail(ErrorKind::kCorrupt,
-                    "pages image " + f.file->name + " is shorter than its pagemap says");
-      }
-      size_t c = static_cast<size_t>(std::upper_bound(f.starts.begin(), f.starts.end(), at) -
-                                     f.starts.begin()) -
-                 1;
-      for (; at < end; ++c) {
-        auto data = Chunk(reader, f, c);
-        if (!data) {
-          std::lock_guard lock(mu_);
-          if (error_) return std::unexpected(*error_);
-          return Fail(ErrorKind::kUnavailable, "page server stopped");
-        }
-        uint64_t from = at - f.starts[c];
-        uint64_t take = std::min<uint64_t>(end - at, data->plain.size() - from);
-        iov.push_back({const_cast<char*>(data->plain.data() + from), take});
-        held.push_back(std::move(data));
-        at += take;
-      }
-    }
-    if (auto s = SendAll(std::move(iov)); !s) return s;
-    uint64_t bytes = req.nr_pages * kPageBytes;
-    served_ += bytes;
-    if (progress_) progress_(bytes);
-    return {};
-  }
-
-  void Serve() {
-    // Above criu lazy-pages, which polls a core busy while it waits for an
-    // answer: where the two share a core, the answer goes first (as root;
-    // capped otherwise). 1 GiB, 2 x 12 alternated pairs: 0.617 and 0.619 s
-    // instead of 0.634 and 0.642 s.
-    {
-      int want = serving_nice_ - kServeNiceBoost;
-      if (::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), want) == 0) {
-        std::lock_guard lock(mu_);
-        serving_nice_ = want;
-      }
-    }
-    ChunkReader reader(store_, key_, hash_);
-    while (true) {
-      PageServerIov req{};
-      auto got = ReadFull(socket_.get(), {reinterpret_cast<char*>(&req), sizeof req});
-      if (!got || *got != sizeof req) {
-        std::lock_guard lock(mu_);
-        if (!stopping_ && !error_) {
-          error_ =
-              Error(ErrorKind::kUnavailable, "criu lazy-pages hung up before it had all the pages");
-        }
-        break;
-      }
-      uint32_t cmd = req.cmd & kPsCmdMask;
-      if (req.cmd == kPsIovClose || req.cmd == kPsIovForceClose) {
-        int32_t status = 0;
-        (void)WriteAll(socket_.get(), {reinterpret_cast<char*>(&status), sizeof status});
-        std::lock_guard lock(mu_);
-        closed_ = true;
-        break;
-      }
-      Status s = cmd == kPsIovGet
-                     ? Answer(reader, req)
-                     : Fail(ErrorKind::kInvalidArgument,
-                            "criu lazy-pages sent an unknown request " + std::to_string(req.cmd));
-      if (!s) {
+      if (auto s = ServeFault(reader, pid, uffd, PageDown(msg.arg.pagefault.address)); !s) {
         SetError(s.error(), false);
-        break;
       }
     }
-    // criu lazy-pages sees the end and fails: the restored job must not run.
-    bool failed;
-    {
-      std::lock_guard lock(mu_);
-      failed = error_.has_value() || !closed_;
-    }
-    if (failed && on_failure_) on_failure_();
-    ::shutdown(socket_.get(), SHUT_RDWR);
-    {
-      std::lock_guard lock(mu_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
   }
 
-  UniqueFd socket_;
+  // One page: from the checkpoint, or zeros where it holds none. A chunk
+  // that fails its check fails the filling, and zeros go there meanwhile:
+  // the restorer must go on to CRIU's post-restore notification, whose
+  // failed answer makes CRIU kill the tree before any of it runs.
+  Status ServeFault(ChunkReader& reader, int32_t pid, int uffd, uint64_t page) {
+    auto it = by_pid_.find(pid);
+    const LazyRun* run = nullptr;
+    if (it != by_pid_.end()) {
+      const auto& runs = it->second->runs;
+      auto r = std::upper_bound(runs.begin(), runs.end(), page,
+                                [](uint64_t at, const LazyRun& x) { return at < x.vaddr; });
+      if (r != runs.begin() && page < std::prev(r)->vaddr + std::prev(r)->bytes)
+        run = &*std::prev(r);
+    }
+    const Task* task = run != nullptr ? it->second.get() : nullptr;
+    std::optional<std::string> data =
+        task != nullptr ? PageOf(reader, *task, *run, page) : std::nullopt;
+    if (!data) {
+      uffdio_zeropage zero{};
+      zero.range.start = page;
+      zero.range.len = kPageBytes;
+      if (::ioctl(uffd, UFFDIO_ZEROPAGE, &zero) != 0 && errno != EEXIST) {
+        return Fail(ErrorKind::kInternal, "cannot map a zero page for restored task " +
+                                              std::to_string(pid) + " at " + Hex(page) + ": " +
+                                              std::strerror(errno));
+      }
+      return {};
+    }
+    return Copy(uffd, static_cast<uint64_t>(pid), page, data->data(), kPageBytes);
+  }
+
+  // The page at `page` of `run`; nullopt (and the error set) if a chunk of
+  // it failed.
+  std::optional<std::string> PageOf(ChunkReader& reader, const Task& task, const LazyRun& run,
+                                    uint64_t page) {
+    uint64_t offset = run.offset + (page - run.vaddr);
+    std::string whole(kPageBytes, '\0');
+    size_t c =
+        static_cast<size_t>(std::upper_bound(task.starts.begin(), task.starts.end(), offset) -
+                            task.starts.begin()) -
+        1;
+    if (fault_buffer_room_ == 0) {
+      fault_buffer_room_ = kBufferRoom;
+      fault_buffer_ = std::make_unique<char[]>(fault_buffer_room_);
+    }
+    for (uint64_t at = offset; at < offset + kPageBytes; ++c) {
+      size_t need = ChunkReader::ReadRoom(task.file->chunks[c]);
+      if (need > fault_buffer_room_) {
+        fault_buffer_room_ = need;
+        fault_buffer_ = std::make_unique<char[]>(need);
+      }
+      auto plain = reader.ReadInto(*task.file, c, {fault_buffer_.get(), fault_buffer_room_});
+      if (!plain) {
+        SetError(plain.error(), true);
+        return std::nullopt;
+      }
+      uint64_t from = at - task.starts[c];
+      uint64_t take = std::min<uint64_t>(offset + kPageBytes - at, plain->size() - from);
+      whole.replace(at - offset, take, plain->data() + from, take);
+      at += take;
+    }
+    return whole;
+  }
+
+  Status FillAll(ChunkReader& reader) {
+    // Everything CRIU sent came before its post-restore notification.
+    if (!connection_.valid()) {
+      pollfd p{listener_.get(), POLLIN, 0};
+      if (::poll(&p, 1, 0) == 1) (void)Accept();
+    }
+    if (connection_.valid() && connection_open_) Receive();
+    for (const auto& [pid, uffd] : inbox_.uffds()) ServeFaults(reader, pid, uffd.get());
+    {
+      std::lock_guard lock(mu_);
+      if (error_) return std::unexpected(*error_);
+    }
+    for (auto& [pid, task] : by_pid_) {
+      auto uffd = inbox_.uffds().find(pid);
+      if (uffd == inbox_.uffds().end()) {
+        return Fail(ErrorKind::kInternal, "CRIU sent no userfaultfd for task " +
+                                              std::to_string(pid) +
+                                              ", whose memory is restored lazily");
+      }
+      task->uffd = uffd->second.get();
+    }
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> workers;
+    try {
+      for (size_t i = 0; i < WorkerCount(); ++i) {
+        workers.emplace_back([&] { FillFrom(work_, next); });
+      }
+    } catch (const std::system_error& e) {
+      SetError(Error(ErrorKind::kInternal, std::string("start filling memory: ") + e.what()),
+               false);
+    }
+    for (auto& t : workers) t.join();
+    std::lock_guard lock(mu_);
+    if (error_) return std::unexpected(*error_);
+    if (!partials_.empty() || filled_bytes_.load() != expected_) {
+      error_ = Error(ErrorKind::kCorrupt,
+                     "the pages images hold " + std::to_string(filled_bytes_.load()) +
+                         " bytes of lazy memory, the pagemaps " + std::to_string(expected_));
+      return std::unexpected(*error_);
+    }
+    // Closed before CRIU lets the tasks run: nothing of theirs waits on us.
+    inbox_.uffds().clear();
+    filled_ = true;
+    return {};
+  }
+
+  // On 2 cores: two, each fetching, checking and copying its own chunks.
+  static size_t WorkerCount() {
+    return std::clamp<size_t>(std::thread::hardware_concurrency(), 2, 4);
+  }
+
+  void FillFrom(const std::vector<Work>& work, std::atomic<size_t>& next) {
+    ChunkReader reader(store_, key_, hash_);
+    size_t room = kBufferRoom;
+    auto buffer = std::make_unique<char[]>(room);
+    while (!failed_.load()) {
+      size_t i = next.fetch_add(1);
+      if (i >= work.size()) return;
+      const Work& w = work[i];
+      size_t need = ChunkReader::ReadRoom(w.task->file->chunks[w.chunk]);
+      if (need > room) {
+        room = need;
+        buffer = std::make_unique<char[]>(room);
+      }
+      auto plain = reader.ReadInto(*w.task->file, w.chunk, {buffer.get(), room});
+      if (!plain) {
+        SetError(plain.error(), true);
+        return;
+      }
+      if (auto s = Place(*w.task, w.task->starts[w.chunk], *plain); !s) {
+        SetError(s.error(), false);
+        return;
+      }
+    }
+  }
+
+  // Puts the lazy pages of a chunk that starts at `start` of the task's
+  // pages image in place: whole pages at once, those cut by the chunk's
+  // edges once all their pieces are there.
+  Status Place(const Task& task, uint64_t start, std::string_view plain) {
+    uint64_t end = start + plain.size();
+    auto run =
+        std::upper_bound(task.runs.begin(), task.runs.end(), start,
+                         [](uint64_t at, const LazyRun& r) { return at < r.offset + r.bytes; });
+    for (; run != task.runs.end() && run->offset < end; ++run) {
+      uint64_t from = std::max(start, run->offset), to = std::min(end, run->offset + run->bytes);
+      auto at = [&](uint64_t offset) { return plain.data() + (offset - start); };
+      auto vaddr = [&](uint64_t offset) { return run->vaddr + (offset - run->offset); };
+      uint64_t whole_from = PageUp(from), whole_to = PageDown(to);
+      if (whole_from > whole_to) {  // within one page
+        if (auto s = Piece(task, PageDown(from), vaddr(PageDown(from)), from, at(from), to - from);
+            !s) {
+          return s;
+        }
+        continue;
+      }
+      if (from < whole_from) {
+        if (auto s = Piece(task, PageDown(from), vaddr(PageDown(from)), from, at(from),
+                           whole_from - from);
+            !s) {
+          return s;
+        }
+      }
+      if (whole_from < whole_to) {
+        if (auto s =
+                Copy(task.uffd, task.id, vaddr(whole_from), at(whole_from), whole_to - whole_from);
+            !s) {
+          return s;
+        }
+      }
+      if (whole_to < to) {
+        if (auto s = Piece(task, whole_to, vaddr(whole_to), whole_to, at(whole_to), to - whole_to);
+            !s) {
+          return s;
+        }
+      }
+    }
+    return {};
+  }
+
+  // `bytes` of the page at `page` (an offset in the pages image) from `at`.
+  Status Piece(const Task& task, uint64_t page, uint64_t vaddr, uint64_t at, const char* data,
+               uint64_t bytes) {
+    std::unique_ptr<char[]> whole;
+    {
+      std::lock_guard lock(mu_);
+      Partial& p = partials_[{task.id, page}];
+      if (!p.page) p.page = std::make_unique<char[]>(kPageBytes);
+      std::memcpy(p.page.get() + (at - page), data, bytes);
+      p.bytes += bytes;
+      if (p.bytes < kPageBytes) return {};
+      whole = std::move(p.page);
+      partials_.erase({task.id, page});
+    }
+    return Copy(task.uffd, task.id, vaddr, whole.get(), kPageBytes);
+  }
+
+  // UFFDIO_COPY of whole pages, resumed where the kernel stopped. One copy
+  // stays within one mapping (ENOENT otherwise), and a pagemap entry may
+  // span two: such a range goes a page at a time. Pages already there were
+  // put there by a fault (and maybe written to since): they stay, and count
+  // once.
+  Status Copy(int uffd, uint64_t id, uint64_t vaddr, const char* data, uint64_t bytes) {
+    uint64_t done = 0, copied = 0;
+    int busy = 0;
+    bool page_at_a_time = false;
+    while (done < bytes) {
+      uint64_t len = page_at_a_time ? kPageBytes : bytes - done;
+      uffdio_copy copy{};
+      copy.dst = vaddr + done;
+      copy.src = reinterpret_cast<uint64_t>(data + done);
+      copy.len = len;
+      if (::ioctl(uffd, UFFDIO_COPY, &copy) == 0) {
+        copied += len;
+        done += len;
+        continue;
+      }
+      int err = errno;
+      if (copy.copy > 0) {
+        done += static_cast<uint64_t>(copy.copy);
+        copied += static_cast<uint64_t>(copy.copy);
+        continue;
+      }
+      if (err == EEXIST) {
+        done += kPageBytes;
+        continue;
+      }
+      if (err == ENOENT && len > kPageBytes) {
+        page_at_a_time = true;
+        continue;
+      }
+      // The address space is changing (never while the tasks wait in CRIU's
+      // restorer): try again for a while.
+      if ((err == EAGAIN || err == EINTR) && ++busy < kMaxBusyRetries) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        continue;
+      }
+      return Fail(ErrorKind::kInternal, "cannot fill the memory of restored task " +
+                                            std::to_string(id) + " at " + Hex(vaddr + done) + ": " +
+                                            std::strerror(err));
+    }
+    filled_bytes_ += copied;
+    if (progress_ && copied > 0) progress_(copied);
+    return {};
+  }
+
+  static constexpr int kMaxBusyRetries = 5000;
+
+  std::map<int32_t, std::unique_ptr<Task>> by_pid_;
+  std::vector<Work> work_;  // chunks holding lazy pages, task by task, in order
+  uint64_t expected_ = 0;   // bytes of lazy pages
+  std::unique_ptr<char[]> fault_buffer_;
+  size_t fault_buffer_room_ = 0;
+  std::string socket_path_;
+  UniqueFd listener_;
+  UniqueFd control_;
+  UniqueFd connection_;
+  bool connection_open_ = true;
+  UffdInbox inbox_;
   const LazyTasks& tasks_;
   ChunkHash hash_;
   Store& store_;
   const Key& key_;
   ImageProgress progress_;
-  std::function<void()> on_failure_;
-  std::mutex pool_mu_;
-  std::vector<std::unique_ptr<Buffer>> pool_;  // declared before files_: outlives their buffers
-  std::map<uint64_t, std::unique_ptr<FileState>> files_;
-  std::atomic<uint64_t> served_{0};
+  std::thread thread_;
+  std::atomic<bool> filled_{false};
+  std::atomic<bool> failed_{false};
+  std::atomic<uint64_t> filled_bytes_{0};
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
-  bool closed_ = false;
+  std::map<std::pair<uint64_t, uint64_t>, Partial> partials_;  // by task and page offset
   bool chunk_failed_ = false;
   std::optional<Error> error_;
-  uint64_t ahead_bytes_ = 0;   // in the caches: fetched ahead, or being fetched
-  int serving_nice_ = 0;       // the server thread's nice value
-  FileState* last_ = nullptr;  // the image of the last request
-  std::thread server_;
-  std::vector<std::thread> fetchers_;
 };
 
 }  // namespace
@@ -677,19 +746,48 @@ std::vector<bool> LazyOnlyChunks(const Pagemap& pagemap, const ImageFile& pages)
   return lazy;
 }
 
-Result<std::unique_ptr<LazyPageServer>> LazyPageServer::Start(
-    UniqueFd socket, const LazyTasks& tasks, ChunkHash hash, Store& store, const Key& key,
-    ImageProgress progress, std::function<void()> on_failure) {
+Result<std::unique_ptr<LazyMemoryFiller>> LazyMemoryFiller::Start(
+    const std::string& socket_path, UniqueFd control, const LazyTasks& tasks, ChunkHash hash,
+    Store& store, const Key& key, ImageProgress progress) {
   for (const auto& [id, task] : tasks) {
     if (task.pages == nullptr) {
       return Fail(ErrorKind::kInvalidArgument,
                   "task " + std::to_string(id) + " has no pages image");
     }
   }
-  auto server = std::make_unique<Server>(std::move(socket), tasks, hash, store, key,
-                                         std::move(progress), std::move(on_failure));
-  if (auto s = server->Begin(); !s) return std::unexpected(s.error());
-  return server;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (socket_path.size() >= sizeof addr.sun_path) {
+    return Fail(ErrorKind::kInvalidArgument, "socket path too long: " + socket_path);
+  }
+  std::memcpy(addr.sun_path, socket_path.data(), socket_path.size());
+  UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!listener.valid()) return SysFail("socket");
+  ::unlink(socket_path.c_str());
+  if (::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::listen(listener.get(), 4) != 0) {
+    return SysFail("listen on " + socket_path);
+  }
+  auto filler = std::make_unique<Filler>(socket_path, std::move(listener), std::move(control),
+                                         tasks, hash, store, key, std::move(progress));
+  if (auto s = filler->Begin(); !s) return std::unexpected(s.error());
+  return filler;
+}
+
+Status AskToFillLazyMemory(int control) {
+  if (::send(control, "F", 1, MSG_NOSIGNAL) != 1) return SysFail("ask cryod to fill the memory");
+  std::string answer(4096, '\0');
+  ssize_t n;
+  do {
+    n = ::recv(control, answer.data(), answer.size(), 0);
+  } while (n < 0 && errno == EINTR);
+  if (n <= 0) {
+    return Fail(ErrorKind::kUnavailable, "cryod went away while it filled the restored memory");
+  }
+  answer.resize(static_cast<size_t>(n));
+  if (answer == "K") return {};
+  return Fail(ErrorKind::kFailedPrecondition,
+              "cryod could not fill the restored memory: " + answer.substr(1));
 }
 
 }  // namespace cryo

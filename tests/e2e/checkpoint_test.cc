@@ -957,17 +957,6 @@ std::vector<pid_t> ProcessesWith(const std::vector<std::string>& words) {
   return out;
 }
 
-// The criu lazy-pages processes of `d`'s restores (their images are in its
-// scratch space; other tests may run beside this one).
-std::vector<pid_t> LazyPagesOf(const Cryod& d) {
-  std::string memory = d.MemoryScratch();
-  auto in_memory =
-      memory.empty() ? std::vector<pid_t>{} : ProcessesWith({"criu lazy-pages ", memory + "/"});
-  auto on_disk = ProcessesWith({"criu lazy-pages ", d.state_dir() + "/"});
-  in_memory.insert(in_memory.end(), on_disk.begin(), on_disk.end());
-  return in_memory;
-}
-
 // Asks a restored memory_hog to check its memory byte for byte.
 void ExpectMemoryIntact(const Cryod& d, const std::string& job) {
   ASSERT_EQ(d.Cryo({"kill", "--signal", "USR2", job}).exit_code, 0);
@@ -984,8 +973,8 @@ void ExpectMemoryIntact(const Cryod& d, const std::string& job) {
   EXPECT_EQ(logs.find("damaged"), std::string::npos) << logs;
 }
 
-// Large memory comes back through userfaultfd (criu lazy-pages fed by
-// cryod's page server), small memory and --lazy-restore off through the
+// Large memory comes back through userfaultfd (filled by cryod while CRIU
+// holds the restored tasks), small memory and --lazy-restore off through the
 // image stream: every byte where it was, pages added in the middle of the
 // address space included.
 TEST(Checkpoint, MemoryComesBackByteForByteThroughUserfaultfdOrTheStream) {
@@ -1006,7 +995,6 @@ TEST(Checkpoint, MemoryComesBackByteForByteThroughUserfaultfdOrTheStream) {
     ASSERT_FALSE(CheckpointJson(d, "m", /*stop=*/true).is_null());
     RestoreDetached(d, "m", "m2");
     ExpectMemoryIntact(d, "m2");
-    EXPECT_TRUE(LazyPagesOf(d).empty()) << "criu lazy-pages left running";
   }
 }
 
@@ -1055,8 +1043,8 @@ TEST(Checkpoint, MemorySharedAfterAForkIsNotRestoredThroughUserfaultfd) {
 }
 
 // A chunk of lazily restored memory that fails its check: the restore
-// fails naming `cryo verify`, and the job, restored but frozen while its
-// memory was filled, is killed rather than run with a hole in its memory.
+// fails naming `cryo verify`, and CRIU, which held the restored tasks while
+// their memory was filled, kills them rather than run them with a hole.
 TEST(Checkpoint, ACorruptChunkOfLazyMemoryFailsTheRestoreAndRunsNothing) {
   Cryod d;
   std::string id = StoppedMemoryHog(d, "c", {"128", "random"});
@@ -1085,21 +1073,27 @@ TEST(Checkpoint, ACorruptChunkOfLazyMemoryFailsTheRestoreAndRunsNothing) {
       },
       seconds(10)))
       << "a half-restored job is alive";
-  EXPECT_TRUE(LazyPagesOf(d).empty()) << "criu lazy-pages left running";
 
   std::ofstream(victim, std::ios::binary | std::ios::trunc) << original;
   RestoreDetached(d, id, "repaired");
   ExpectMemoryIntact(d, "repaired");
 }
 
-// cryod dies while criu lazy-pages still fills the restored memory: the page
-// server goes with it, and the monitor kills the frozen, half-filled job
-// instead of letting it run with holes. The checkpoint restores afterwards.
+// cryod dies while it fills the restored memory: the monitor, waiting for
+// its answer at CRIU's post-restore notification, fails it, and CRIU kills
+// the half-filled tasks instead of letting them run with holes. The
+// checkpoint restores afterwards.
 TEST(Checkpoint, DaemonKilledWhileMemoryIsFilledLeavesNoHalfRestoredJob) {
   Cryod d;
   ASSERT_FALSE(StoppedMemoryHog(d, "k", {"1024", "random"}).empty());
   BackgroundCommand restore(d.CryoArgv({"restore", "-d", "--name", "half", "k"}), d.WithSocket({}));
-  ASSERT_TRUE(WaitUntil([&] { return !LazyPagesOf(d).empty(); }, seconds(30)));
+  // The restored task (the original is gone): it waits in CRIU's restorer
+  // until its gigabyte is in.
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return !ProcessesWith({"memory_hog", "1024"}).empty();
+      },
+      seconds(30)));
   d.Kill9();
   auto r = restore.Finish(seconds(30));
   EXPECT_NE(r.exit_code, 0);
@@ -1109,7 +1103,6 @@ TEST(Checkpoint, DaemonKilledWhileMemoryIsFilledLeavesNoHalfRestoredJob) {
       },
       seconds(10)))
       << "a half-restored job is alive";
-  EXPECT_TRUE(WaitUntil([&] { return LazyPagesOf(d).empty(); }, seconds(10)));
   d.Start();
   EXPECT_TRUE(d.Job("half").is_null() || d.Job("half")["state"] != "running") << d.Job("half");
   RestoreDetached(d, "k", "whole");

@@ -1,17 +1,24 @@
 // SPDX-License-Identifier: Apache-2.0
-// Pagemap parsing, and the page server against a client that speaks CRIU's
-// side of the protocol as criu lazy-pages does (criu/page-xfer.c: 32-byte
-// page_server_iov requests, answers of the same header and the pages). The
-// end-to-end tests restore real jobs through real criu lazy-pages.
+// Pagemap parsing, and the filler of lazy memory against this process's own
+// userfaultfd, sent as `criu restore --lazy-pages` sends a restored task's.
+// The end-to-end tests restore real jobs through real CRIU.
 #include "cryo/lazy_pages.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cryo/file_util.h"
@@ -139,18 +146,10 @@ TEST(PagemapTest, OnlyChunksWhollyInsideLazyPagesAreLazyOnly) {
   EXPECT_EQ(LazyOnlyChunks(*map, pages), (std::vector<bool>{true, true, false, true, true}));
 }
 
-// criu lazy-pages' side of the connection.
-struct Iov {
-  uint32_t cmd;
-  uint32_t padding;
-  uint64_t nr_pages;
-  uint64_t vaddr;
-  uint64_t dst_id;
-};
-static_assert(sizeof(Iov) == 32);
-constexpr uint32_t kGet = 7, kAddF = 6, kForceClose = 0x1024;
-
-class LazyPageServerTest : public ::testing::Test {
+// A process restored lazily, as `criu restore --lazy-pages` leaves it and
+// talks to the filler: memory registered with a userfaultfd of its own (in
+// this test process), the fd sent on lazy-pages.socket (criu/uffd.c).
+class LazyMemoryFillerTest : public ::testing::Test {
  protected:
   // Task 7's memory: 64 lazy pages, then 4 eager ones right after, a hole,
   // then 40 lazy pages; its pages image holds 108 pages of random bytes.
@@ -162,53 +161,99 @@ class LazyPageServerTest : public ::testing::Test {
     auto files = StoreImages(dir_.path(), store_, key_, nullptr);
     ASSERT_TRUE(files.has_value());
     files_ = *files;
-    ASSERT_GT(files_[0].chunks.size(), 2u);  // pieces of answers span chunks
-    auto map = ParsePagemap(PagemapImage(2, {{0x100000, 64, kPresent | kLazy},
-                                             {0x140000, 4, kPresent},
-                                             {0x144000, 16, 0},
-                                             {0x200000, 40, kPresent | kLazy}}));
+    ASSERT_GT(files_[0].chunks.size(), 2u);
+    // Chunk boundaries cut pages: those are put together from two chunks.
+    ASSERT_NE(files_[0].chunks[0].size % kPageBytes, 0u);
+
+    memory_bytes_ = 256 * kPageBytes;
+    void* memory =
+        ::mmap(nullptr, memory_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(memory, MAP_FAILED);
+    memory_ = static_cast<char*>(memory);
+    base_ = reinterpret_cast<uint64_t>(memory_);
+    // Two mappings under the first lazy run (one copy cannot span both).
+    ASSERT_EQ(::madvise(memory_ + 32 * kPageBytes, 32 * kPageBytes, MADV_DONTFORK), 0);
+    auto map = ParsePagemap(PagemapImage(2, {{base_, 64, kPresent | kLazy},
+                                             {base_ + 64 * kPageBytes, 4, kPresent},
+                                             {base_ + 68 * kPageBytes, 16, 0},
+                                             {base_ + 128 * kPageBytes, 40, kPresent | kLazy}}));
     ASSERT_TRUE(map.has_value());
     tasks_[7] = {*map, &files_[0]};
-    StartServer();
+
+    uffd_.reset(
+        static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)));
+    ASSERT_TRUE(uffd_.valid()) << std::strerror(errno);
+    uffdio_api api{};
+    api.api = UFFD_API;
+    ASSERT_EQ(::ioctl(uffd_.get(), UFFDIO_API, &api), 0) << std::strerror(errno);
+    // Pages 200-209: lazy memory the checkpoint holds nothing of (never
+    // touched before the dump).
+    for (auto [first, pages] : {std::pair<uint64_t, uint64_t>{0, 64}, {128, 40}, {200, 10}}) {
+      uffdio_register reg{};
+      reg.range.start = base_ + first * kPageBytes;
+      reg.range.len = pages * kPageBytes;
+      reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+      ASSERT_EQ(::ioctl(uffd_.get(), UFFDIO_REGISTER, &reg), 0) << std::strerror(errno);
+    }
+    StartFiller();
   }
 
-  void StartServer() {
-    server_.reset();
+  void TearDown() override {
+    if (filler_) (void)filler_->Finish();
+    if (memory_ != nullptr) ::munmap(memory_, memory_bytes_);
+  }
+
+  void StartFiller() {
     int pair[2];
-    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
-    client_.reset(pair[1]);
-    failures_ = 0;
-    auto server = LazyPageServer::Start(UniqueFd(pair[0]), tasks_, kCurrentChunkHash, store_, key_,
-                                        {}, [this] { ++failures_; });
-    ASSERT_TRUE(server.has_value());
-    server_ = std::move(*server);
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair), 0);
+    control_.reset(pair[1]);
+    auto filler = LazyMemoryFiller::Start(dir_.Join("lazy-pages.socket"), UniqueFd(pair[0]), tasks_,
+                                          kCurrentChunkHash, store_, key_,
+                                          [this](uint64_t bytes) { progress_ += bytes; });
+    ASSERT_TRUE(filler.has_value()) << filler.error().ToString();
+    filler_ = std::move(*filler);
   }
 
-  void Send(uint32_t cmd, uint64_t vaddr, uint64_t pages, uint64_t task = 7) {
-    Iov req{cmd, 0, pages, vaddr, task};
-    ASSERT_TRUE(WriteAll(client_.get(), {reinterpret_cast<char*>(&req), sizeof req}).has_value());
+  // CRIU's side: connects and sends pids (negative: a zombie) and, for the
+  // others, our userfaultfd.
+  void SendUffds(const std::vector<int32_t>& pids) {
+    criu_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::string path = dir_.Join("lazy-pages.socket");
+    std::memcpy(addr.sun_path, path.data(), path.size());
+    ASSERT_EQ(::connect(criu_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    for (int32_t pid : pids) {
+      ASSERT_EQ(::send(criu_.get(), &pid, sizeof pid, 0), static_cast<ssize_t>(sizeof pid));
+      if (pid < 0) continue;
+      char dummy = 0;
+      iovec iov{&dummy, 1};
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control;
+      msg.msg_controllen = sizeof control;
+      cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int));
+      int fd = uffd_.get();
+      std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+      ASSERT_EQ(::sendmsg(criu_.get(), &msg, 0), 1);
+    }
   }
 
-  // Asks for pages and checks the answer against the pages image.
-  void ExpectPages(uint64_t vaddr, uint64_t pages, uint64_t image_page) {
-    Send(kGet, vaddr, pages);
-    Iov head{};
-    ASSERT_EQ(ReadFull(client_.get(), {reinterpret_cast<char*>(&head), sizeof head}).value_or(0),
-              sizeof head);
-    EXPECT_EQ(head.cmd, kAddF | (kPresent << 16));
-    EXPECT_EQ(head.nr_pages, pages);
-    EXPECT_EQ(head.vaddr, vaddr);
-    EXPECT_EQ(head.dst_id, 7u);
-    std::string got(pages * kPageBytes, '\0');
-    ASSERT_EQ(ReadFull(client_.get(), got).value_or(0), got.size());
-    EXPECT_TRUE(got == image_.substr(image_page * kPageBytes, got.size()))
-        << pages << " pages at " << std::hex << vaddr;
-  }
+  // The monitor's side, at CRIU's post-restore notification.
+  Status AskToFill() { return AskToFillLazyMemory(control_.get()); }
 
-  // The server hung up on us.
-  void ExpectHangUp() {
-    char c;
-    EXPECT_EQ(ReadFull(client_.get(), {&c, 1}).value_or(1), 0u);
+  // Whether the lazy pages hold the image's bytes (only call once filled:
+  // a missing page would wait for the filler forever).
+  void ExpectFilled() {
+    EXPECT_TRUE(std::string_view(memory_, 64 * kPageBytes) ==
+                std::string_view(image_).substr(0, 64 * kPageBytes));
+    EXPECT_TRUE(std::string_view(memory_ + 128 * kPageBytes, 40 * kPageBytes) ==
+                std::string_view(image_).substr(68 * kPageBytes, 40 * kPageBytes));
   }
 
   TempDir dir_;
@@ -217,86 +262,91 @@ class LazyPageServerTest : public ::testing::Test {
   std::string image_;
   std::vector<ImageFile> files_;
   LazyTasks tasks_;
-  UniqueFd client_;
-  std::unique_ptr<LazyPageServer> server_;
-  std::atomic<int> failures_{0};
+  char* memory_ = nullptr;
+  size_t memory_bytes_ = 0;
+  uint64_t base_ = 0;
+  UniqueFd uffd_, control_, criu_;
+  std::unique_ptr<LazyMemoryFiller> filler_;
+  std::atomic<uint64_t> progress_{0};
 };
 
-TEST_F(LazyPageServerTest, AnswersFaultsAndBackgroundRequestsInAnyOrder) {
-  ExpectPages(0x200000 + 5 * kPageBytes, 1, 68 + 5);  // a fault far ahead
-  ExpectPages(0x100000, 16, 0);                       // background, front to back
-  ExpectPages(0x100000 + 16 * kPageBytes, 48, 16);
-  ExpectPages(0x100000 + 60 * kPageBytes, 8, 60);  // across two runs
-  ExpectPages(0x200000, 40, 68);
-  ExpectPages(0x100000 + 3 * kPageBytes, 2, 3);  // back again
-  Send(kForceClose, 0, 0);
-  int32_t status = -1;
-  ASSERT_EQ(ReadFull(client_.get(), {reinterpret_cast<char*>(&status), sizeof status}).value_or(0),
-            sizeof status);
-  EXPECT_EQ(status, 0);
-  EXPECT_TRUE(server_->Finish().has_value());
-  EXPECT_EQ(server_->served_bytes(), (1 + 16 + 48 + 8 + 40 + 2) * kPageBytes);
-  EXPECT_EQ(failures_, 0);
+TEST_F(LazyMemoryFillerTest, FillsEveryLazyPageBeforeItAnswers) {
+  SendUffds({-3, 7});
+  uffd_.reset();  // as CRIU's restorer does: the filler's is the last
+  auto s = AskToFill();
+  ASSERT_TRUE(s.has_value()) << s.error().ToString();
+  EXPECT_TRUE(filler_->filled());
+  ExpectFilled();
+  // The eager pages were left to CRIU (here: never touched, so zero).
+  EXPECT_EQ(std::string_view(memory_ + 64 * kPageBytes, 4 * kPageBytes),
+            std::string(4 * kPageBytes, '\0'));
+  EXPECT_EQ(filler_->filled_bytes(), 104 * kPageBytes);
+  EXPECT_EQ(progress_.load(), 104 * kPageBytes);
+  uint32_t finished = 0x52535446;  // CRIU, once the tree runs
+  ASSERT_EQ(::send(criu_.get(), &finished, sizeof finished, 0), 4);
+  EXPECT_TRUE(filler_->Finish().has_value());
 }
 
-TEST_F(LazyPageServerTest, RequestsForPagesItDoesNotHoldEndIt) {
-  for (auto [vaddr, pages, task] : std::vector<std::tuple<uint64_t, uint64_t, uint64_t>>{
-           {0x144000, 1, 7},                     // a hole
-           {0x100000, 1, 8},                     // another task
-           {0x200000 + 39 * kPageBytes, 2, 7},   // past the end of a run
-           {0x100000 + 8, 1, 7},                 // not a page's address
-           {0x100000, 64 * 1024, 7},             // more than lazy-pages ever asks for
-           {0x100000, uint64_t{1} << 40, 7}}) {  // absurdly many
-    SetUp();
-    Send(kGet, vaddr, pages, task);
-    ExpectHangUp();
-    auto s = server_->Finish();
-    ASSERT_FALSE(s.has_value());
-    EXPECT_EQ(s.error().kind(), ErrorKind::kInvalidArgument) << s.error().ToString();
-    EXPECT_FALSE(server_->chunk_failed());
-    EXPECT_EQ(failures_, 1) << "the restored processes were not killed first";
-  }
+// CRIU's restorer touches some lazy pages before its post-restore
+// notification (thread areas, rseq): each is answered at once, from the
+// checkpoint or with zeros, and kept (with what was written to it since)
+// when the rest is filled.
+TEST_F(LazyMemoryFillerTest, PagesTouchedBeforeTheFillAreAnsweredAtOnceAndKept) {
+  SendUffds({7});
+  uffd_.reset();  // once the filler's is closed, untouched pages are zeros
+  std::thread restorer([this] {
+    memory_[130 * kPageBytes + 5] ^= 0x5a;  // cut by no chunk boundary or one: either
+    memory_[205 * kPageBytes] = 1;
+  });
+  restorer.join();  // would hang if the faults were not answered
+  auto s = AskToFill();
+  ASSERT_TRUE(s.has_value()) << s.error().ToString();
+  std::string expected = image_.substr(68 * kPageBytes, 40 * kPageBytes);
+  expected[2 * kPageBytes + 5] ^= 0x5a;
+  EXPECT_TRUE(std::string_view(memory_ + 128 * kPageBytes, 40 * kPageBytes) == expected);
+  EXPECT_TRUE(std::string_view(memory_, 64 * kPageBytes) ==
+              std::string_view(image_).substr(0, 64 * kPageBytes));
+  EXPECT_EQ(memory_[205 * kPageBytes], 1);
+  EXPECT_EQ(memory_[206 * kPageBytes], 0);
+  EXPECT_EQ(filler_->filled_bytes(), 104 * kPageBytes);
 }
 
-TEST_F(LazyPageServerTest, AChunkThatFailsItsCheckEndsItAndIsNamed) {
+TEST_F(LazyMemoryFillerTest, AChunkThatFailsItsCheckFailsTheFillAndIsNamed) {
   const auto& victim = files_[0].chunks[1];
   ASSERT_TRUE(
       store_.Put(ChunkKey(victim.hash), std::string(1, '\0') + "not the chunk").has_value());
-  StartServer();  // one that has not fetched it ahead already
-  uint64_t page = files_[0].chunks[0].size / kPageBytes + 1;  // inside chunk 1
-  Send(kGet, 0x100000 + page * kPageBytes, 1);
-  ExpectHangUp();
-  auto s = server_->Finish();
+  SendUffds({7});
+  auto s = AskToFill();
   ASSERT_FALSE(s.has_value());
-  EXPECT_TRUE(server_->chunk_failed());
   EXPECT_NE(s.error().ToString().find(victim.hash.substr(0, 12)), std::string::npos)
       << s.error().ToString();
-  EXPECT_EQ(failures_, 1);
+  EXPECT_FALSE(filler_->filled());
+  EXPECT_TRUE(filler_->chunk_failed());
+  EXPECT_FALSE(filler_->Finish().has_value());
 }
 
-// Fetched ahead but never asked for (the process unmapped it, say): a bad
-// chunk there fails nothing.
-TEST_F(LazyPageServerTest, ABadChunkNobodyAsksForFailsNothing) {
-  const auto& last = files_[0].chunks.back();
-  ASSERT_TRUE(store_.Put(ChunkKey(last.hash), std::string(1, '\0') + "not the chunk").has_value());
-  StartServer();
-  ExpectPages(0x100000, 16, 0);
-  Send(kForceClose, 0, 0);
-  int32_t status = -1;
-  ASSERT_EQ(ReadFull(client_.get(), {reinterpret_cast<char*>(&status), sizeof status}).value_or(0),
-            sizeof status);
-  EXPECT_TRUE(server_->Finish().has_value());
-  EXPECT_FALSE(server_->chunk_failed());
-  EXPECT_EQ(failures_, 0);
-}
-
-TEST_F(LazyPageServerTest, AClientGoneBeforeItIsDoneIsAFailure) {
-  ExpectPages(0x100000, 4, 0);
-  client_.reset();
-  auto s = server_->Finish();
+TEST_F(LazyMemoryFillerTest, ATaskWhoseUserfaultfdNeverCameFailsTheFill) {
+  SendUffds({-7});
+  auto s = AskToFill();
   ASSERT_FALSE(s.has_value());
-  EXPECT_NE(s.error().ToString().find("hung up"), std::string::npos) << s.error().ToString();
-  EXPECT_EQ(failures_, 1);
+  EXPECT_NE(s.error().ToString().find("no userfaultfd for task 7"), std::string::npos)
+      << s.error().ToString();
+  EXPECT_FALSE(filler_->filled());
+  EXPECT_FALSE(filler_->chunk_failed());
+}
+
+TEST_F(LazyMemoryFillerTest, AMonitorGoneBeforeItAskedFillsNothing) {
+  SendUffds({7});
+  control_.reset();
+  EXPECT_TRUE(filler_->Finish().has_value());
+  EXPECT_FALSE(filler_->filled());
+  EXPECT_EQ(filler_->filled_bytes(), 0u);
+}
+
+TEST_F(LazyMemoryFillerTest, AFillerGoneBeforeItAnsweredIsAFailureForTheMonitor) {
+  ASSERT_TRUE(filler_->Finish().has_value());
+  auto s = AskToFill();
+  ASSERT_FALSE(s.has_value());
 }
 
 }  // namespace

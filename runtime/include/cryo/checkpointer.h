@@ -49,15 +49,13 @@ struct RestoreOptions {
   // command line, so this runs `criu restore` rather than swrk.
   bool stream = false;
   // Pages CRIU's pagemaps mark lazy are left out (the images may have holes
-  // there) and filled by the `criu lazy-pages` started with StartLazyPages
-  // on the same images and work directories.
+  // there) and registered with userfaultfds CRIU sends to lazy-pages.socket
+  // in the work directory (cryo/lazy_pages.h).
   bool lazy_pages = false;
-};
-
-struct LazyPagesOptions {
-  std::string images_dir;   // the restore's: pstree, pagemaps, ...
-  std::string work_dir;     // the restore's: the two meet on a socket there
-  int page_server_fd = -1;  // a connected stream socket to the page server
+  // Called at CRIU's post-restore notification: every task waits in CRIU's
+  // restorer, its memory mapped. An error makes CRIU kill the tree and fail
+  // the restore with that error.
+  std::function<Status()> post_restore;
 };
 
 // Called at CRIU's post-dump notification: the images are complete and the
@@ -78,14 +76,6 @@ class Checkpointer {
   // Whether this machine can restore lazily (CRIU's feature check: a kernel
   // with userfaultfd and its non-cooperative events).
   virtual Result<bool> SupportsLazyPages() = 0;
-  // Starts `criu lazy-pages` (cryo/lazy_pages.h) as a child of the calling
-  // process and returns once it waits for the restore. It exits once every
-  // lazy page is in place (status 0) or when it failed; a restored tree
-  // whose lazy-pages failed has holes in its memory and must not run.
-  virtual Result<Spawned> StartLazyPages(const LazyPagesOptions& options) = 0;
-  // Waits for the `criu lazy-pages` StartLazyPages started with `options` to
-  // exit; its failure, with the relevant lines of its log, if it failed.
-  virtual Status WaitLazyPages(const Spawned& lazy, const LazyPagesOptions& options) = 0;
 };
 
 // The CRIU at `criu_path` (absolute). Fails if there is no executable file
