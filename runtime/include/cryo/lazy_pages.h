@@ -9,8 +9,9 @@
 // Why: on a VM where every first touch of memory is an expensive fault, an
 // ordinary restore spends most of its time faulting in the pages it copies;
 // UFFDIO_COPY fills them without a fault (measured here: 1 GiB in 0.25 s
-// instead of 2.9 s). cryod in place of `criu lazy-pages` fed by a page
-// server: a 1 GiB restore in X s instead of Y s (see README).
+// instead of 2.9 s). cryod in place of `criu lazy-pages` fed by cryod's
+// page server: a whole 1 GiB restore in 0.36-0.42 s instead of 0.65-0.71 s
+// (README, runs S and T against R).
 #pragma once
 
 #include <cstdint>
