@@ -691,17 +691,20 @@ Result<CheckpointService::Restored> CheckpointService::Restore(const Caller& cal
   pages_theirs.reset();
   if (pages) {
     // CRIU is done: it asked for the memory at its post-restore
-    // notification, and killed the tree if filling it failed.
+    // notification, and killed the tree if filling it failed. A job that
+    // runs without (never so far) is ended before the userfaultfds close
+    // and would let it read zeros.
+    bool all_in = pages->filled();
+    if (restored && !all_in) (void)supervisor_.Remove(caller, restored->name, /*force=*/true);
     auto filled = pages->Finish();
     if (!restored && pages->chunk_failed()) {
       return std::unexpected(filled.error().WithContext(context + verify_hint));
     }
     if (!restored) return std::unexpected(restored.error().WithContext(context));
-    if (!filled || !pages->filled()) {
+    if (!filled || !all_in) {
       std::string why = filled ? "CRIU never asked for it" : filled.error().ToString();
-      LogWarn("ending a job whose memory was not all filled",
+      LogWarn("ended a job whose memory was not all filled",
               {{"job", restored->name}, {"error", why}});
-      (void)supervisor_.Remove(caller, restored->name, /*force=*/true);
       return std::unexpected(
           Error(ErrorKind::kInternal, "the restored memory was not filled: " + why)
               .WithContext(context));

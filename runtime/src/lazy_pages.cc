@@ -334,7 +334,13 @@ class Filler final : public LazyMemoryFiller {
       }
       int n = ::poll(fds.data(), fds.size(), -1);
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return;
+      if (n < 0) {
+        // Never to be answered: let whatever waits on us go on, to a failure.
+        SetError(Error(ErrorKind::kInternal, std::string("poll: ") + std::strerror(errno)), false);
+        inbox_.uffds().clear();
+        ::shutdown(control_.get(), SHUT_RDWR);
+        return;
+      }
       if (fds[0].revents != 0) (void)Accept();
       if (fds[1].revents != 0) Receive();
       for (size_t i = 3; i < fds.size(); ++i) {
@@ -346,6 +352,7 @@ class Filler final : public LazyMemoryFiller {
       if (got < 0 && errno == EINTR) continue;
       if (got != 1 || request != 'F') return;  // the monitor is gone, or we finish
       Status s = FillAll(reader);
+      if (!s) SetError(s.error(), false);  // the first error stays
       std::string answer = s ? "K" : "E" + s.error().ToString();
       (void)::send(control_.get(), answer.data(), answer.size(), MSG_NOSIGNAL);
       return;
@@ -368,8 +375,12 @@ class Filler final : public LazyMemoryFiller {
             false);
         continue;
       }
-      if (auto s = ServeFault(reader, pid, uffd, PageDown(msg.arg.pagefault.address)); !s) {
+      uint64_t page = PageDown(msg.arg.pagefault.address);
+      if (auto s = ServeFault(reader, pid, uffd, page); !s) {
+        // Zeros rather than a task stuck in the restorer, and CRIU with it:
+        // the failure, recorded, kills the tree at post-restore.
         SetError(s.error(), false);
+        (void)ZeroPage(uffd, page);
       }
     }
   }
@@ -391,18 +402,19 @@ class Filler final : public LazyMemoryFiller {
     const Task* task = run != nullptr ? it->second.get() : nullptr;
     std::optional<std::string> data =
         task != nullptr ? PageOf(reader, *task, *run, page) : std::nullopt;
-    if (!data) {
-      uffdio_zeropage zero{};
-      zero.range.start = page;
-      zero.range.len = kPageBytes;
-      if (::ioctl(uffd, UFFDIO_ZEROPAGE, &zero) != 0 && errno != EEXIST) {
-        return Fail(ErrorKind::kInternal, "cannot map a zero page for restored task " +
-                                              std::to_string(pid) + " at " + Hex(page) + ": " +
-                                              std::strerror(errno));
-      }
-      return {};
-    }
+    if (!data) return ZeroPage(uffd, page);
     return Copy(uffd, static_cast<uint64_t>(pid), page, data->data(), kPageBytes);
+  }
+
+  Status ZeroPage(int uffd, uint64_t page) {
+    uffdio_zeropage zero{};
+    zero.range.start = page;
+    zero.range.len = kPageBytes;
+    if (::ioctl(uffd, UFFDIO_ZEROPAGE, &zero) != 0 && errno != EEXIST) {
+      return Fail(ErrorKind::kInternal, "cannot map a zero page for a restored task at " +
+                                            Hex(page) + ": " + std::strerror(errno));
+    }
+    return {};
   }
 
   // The page at `page` of `run`; nullopt (and the error set) if a chunk of

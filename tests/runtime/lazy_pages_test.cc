@@ -333,6 +333,7 @@ TEST_F(LazyMemoryFillerTest, ATaskWhoseUserfaultfdNeverCameFailsTheFill) {
       << s.error().ToString();
   EXPECT_FALSE(filler_->filled());
   EXPECT_FALSE(filler_->chunk_failed());
+  EXPECT_FALSE(filler_->Finish().has_value());
 }
 
 TEST_F(LazyMemoryFillerTest, AMonitorGoneBeforeItAskedFillsNothing) {
