@@ -132,15 +132,13 @@ class UffdInbox {
   }
 
   std::map<int32_t, UniqueFd>& uffds() { return uffds_; }
-  bool finished() const { return finished_; }
 
  private:
   bool Parse(std::string* error) {
     while (bytes_.size() >= sizeof(int32_t)) {
       int32_t pid;
       std::memcpy(&pid, bytes_.data(), sizeof pid);
-      if (static_cast<uint32_t>(pid) == kRestoreFinished) {
-        finished_ = true;
+      if (static_cast<uint32_t>(pid) == kRestoreFinished) {  // the tree runs
         bytes_.erase(0, sizeof pid);
         continue;
       }
@@ -170,7 +168,25 @@ class UffdInbox {
   std::string bytes_;
   std::deque<UniqueFd> fds_;
   std::map<int32_t, UniqueFd> uffds_;
-  bool finished_ = false;
+};
+
+// Reads verified chunks into a buffer of its own, used again for each.
+class BufferedChunkReader {
+ public:
+  BufferedChunkReader(Store& store, const Key& key, ChunkHash hash) : reader_(store, key, hash) {}
+  Result<std::string_view> Read(const ImageFile& file, size_t index) {
+    size_t need = std::max(ChunkReader::ReadRoom(file.chunks[index]), kBufferRoom);
+    if (need > room_) {
+      room_ = need;
+      buffer_ = std::make_unique<char[]>(room_);
+    }
+    return reader_.ReadInto(file, index, {buffer_.get(), room_});
+  }
+
+ private:
+  ChunkReader reader_;
+  std::unique_ptr<char[]> buffer_;
+  size_t room_ = 0;
 };
 
 uint64_t PageDown(uint64_t offset) { return offset / kPageBytes * kPageBytes; }
@@ -321,7 +337,7 @@ class Filler final : public LazyMemoryFiller {
   // Until asked to fill: takes the userfaultfds CRIU sends, and answers the
   // faults its restorer takes on lazy memory meanwhile (thread areas, rseq).
   void Run() {
-    ChunkReader reader(store_, key_, hash_);
+    BufferedChunkReader reader(store_, key_, hash_);
     while (true) {
       std::vector<pollfd> fds = {
           {listener_.valid() && !connection_.valid() ? listener_.get() : -1, POLLIN, 0},
@@ -360,7 +376,7 @@ class Filler final : public LazyMemoryFiller {
   }
 
   // The faults and events waiting on task `pid`'s userfaultfd.
-  void ServeFaults(ChunkReader& reader, int32_t pid, int uffd) {
+  void ServeFaults(BufferedChunkReader& reader, int32_t pid, int uffd) {
     while (true) {
       uffd_msg msg{};
       ssize_t n = ::read(uffd, &msg, sizeof msg);
@@ -389,7 +405,7 @@ class Filler final : public LazyMemoryFiller {
   // that fails its check fails the filling, and zeros go there meanwhile:
   // the restorer must go on to CRIU's post-restore notification, whose
   // failed answer makes CRIU kill the tree before any of it runs.
-  Status ServeFault(ChunkReader& reader, int32_t pid, int uffd, uint64_t page) {
+  Status ServeFault(BufferedChunkReader& reader, int32_t pid, int uffd, uint64_t page) {
     auto it = by_pid_.find(pid);
     const LazyRun* run = nullptr;
     if (it != by_pid_.end()) {
@@ -419,25 +435,16 @@ class Filler final : public LazyMemoryFiller {
 
   // The page at `page` of `run`; nullopt (and the error set) if a chunk of
   // it failed.
-  std::optional<std::string> PageOf(ChunkReader& reader, const Task& task, const LazyRun& run,
-                                    uint64_t page) {
+  std::optional<std::string> PageOf(BufferedChunkReader& reader, const Task& task,
+                                    const LazyRun& run, uint64_t page) {
     uint64_t offset = run.offset + (page - run.vaddr);
     std::string whole(kPageBytes, '\0');
     size_t c =
         static_cast<size_t>(std::upper_bound(task.starts.begin(), task.starts.end(), offset) -
                             task.starts.begin()) -
         1;
-    if (fault_buffer_room_ == 0) {
-      fault_buffer_room_ = kBufferRoom;
-      fault_buffer_ = std::make_unique<char[]>(fault_buffer_room_);
-    }
     for (uint64_t at = offset; at < offset + kPageBytes; ++c) {
-      size_t need = ChunkReader::ReadRoom(task.file->chunks[c]);
-      if (need > fault_buffer_room_) {
-        fault_buffer_room_ = need;
-        fault_buffer_ = std::make_unique<char[]>(need);
-      }
-      auto plain = reader.ReadInto(*task.file, c, {fault_buffer_.get(), fault_buffer_room_});
+      auto plain = reader.Read(*task.file, c);
       if (!plain) {
         SetError(plain.error(), true);
         return std::nullopt;
@@ -450,7 +457,7 @@ class Filler final : public LazyMemoryFiller {
     return whole;
   }
 
-  Status FillAll(ChunkReader& reader) {
+  Status FillAll(BufferedChunkReader& reader) {
     // Everything CRIU sent came before its post-restore notification.
     if (!connection_.valid()) {
       pollfd p{listener_.get(), POLLIN, 0};
@@ -502,19 +509,12 @@ class Filler final : public LazyMemoryFiller {
   }
 
   void FillFrom(const std::vector<Work>& work, std::atomic<size_t>& next) {
-    ChunkReader reader(store_, key_, hash_);
-    size_t room = kBufferRoom;
-    auto buffer = std::make_unique<char[]>(room);
+    BufferedChunkReader reader(store_, key_, hash_);
     while (!failed_.load()) {
       size_t i = next.fetch_add(1);
       if (i >= work.size()) return;
       const Work& w = work[i];
-      size_t need = ChunkReader::ReadRoom(w.task->file->chunks[w.chunk]);
-      if (need > room) {
-        room = need;
-        buffer = std::make_unique<char[]>(room);
-      }
-      auto plain = reader.ReadInto(*w.task->file, w.chunk, {buffer.get(), room});
+      auto plain = reader.Read(*w.task->file, w.chunk);
       if (!plain) {
         SetError(plain.error(), true);
         return;
@@ -538,34 +538,20 @@ class Filler final : public LazyMemoryFiller {
       uint64_t from = std::max(start, run->offset), to = std::min(end, run->offset + run->bytes);
       auto at = [&](uint64_t offset) { return plain.data() + (offset - start); };
       auto vaddr = [&](uint64_t offset) { return run->vaddr + (offset - run->offset); };
-      uint64_t whole_from = PageUp(from), whole_to = PageDown(to);
-      if (whole_from > whole_to) {  // within one page
-        if (auto s = Piece(task, PageDown(from), vaddr(PageDown(from)), from, at(from), to - from);
-            !s) {
-          return s;
-        }
-        continue;
+      // A piece of the page `from` is in, whole pages, a piece of the last.
+      uint64_t head_end = std::min(PageUp(from), to);
+      uint64_t whole_end = std::max(PageDown(to), head_end);
+      Status s;
+      if (from < head_end) {
+        s = Piece(task, PageDown(from), vaddr(PageDown(from)), from, at(from), head_end - from);
       }
-      if (from < whole_from) {
-        if (auto s = Piece(task, PageDown(from), vaddr(PageDown(from)), from, at(from),
-                           whole_from - from);
-            !s) {
-          return s;
-        }
+      if (s && head_end < whole_end) {
+        s = Copy(task.uffd, task.id, vaddr(head_end), at(head_end), whole_end - head_end);
       }
-      if (whole_from < whole_to) {
-        if (auto s =
-                Copy(task.uffd, task.id, vaddr(whole_from), at(whole_from), whole_to - whole_from);
-            !s) {
-          return s;
-        }
+      if (s && whole_end < to) {
+        s = Piece(task, whole_end, vaddr(whole_end), whole_end, at(whole_end), to - whole_end);
       }
-      if (whole_to < to) {
-        if (auto s = Piece(task, whole_to, vaddr(whole_to), whole_to, at(whole_to), to - whole_to);
-            !s) {
-          return s;
-        }
-      }
+      if (!s) return s;
     }
     return {};
   }
@@ -641,8 +627,6 @@ class Filler final : public LazyMemoryFiller {
   std::map<int32_t, std::unique_ptr<Task>> by_pid_;
   std::vector<Work> work_;  // chunks holding lazy pages, task by task, in order
   uint64_t expected_ = 0;   // bytes of lazy pages
-  std::unique_ptr<char[]> fault_buffer_;
-  size_t fault_buffer_room_ = 0;
   std::string socket_path_;
   UniqueFd listener_;
   UniqueFd control_;
